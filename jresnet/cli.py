@@ -32,6 +32,15 @@ def apply_cpu_xla_flags() -> None:
     os.environ["XLA_FLAGS"] = flags
 
 
+def enable_compilation_cache() -> None:
+    """Keep XLA's compiled programs in ``~/.cache/jresnet/xla`` (``JAX_COMPILATION_CACHE_DIR`` wins), so a
+    second ``jresnet train`` of the same model skips most of its compile time. Entry points only."""
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "jresnet", "xla"))
+
+
 def _parse_chw(text: str) -> tuple[int, int, int]:
     parts = text.lower().replace("×", "x").split("x")
     try:
@@ -152,17 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``jresnet`` command; returns the exit status."""
     apply_cpu_xla_flags()
+    enable_compilation_cache()
     args = build_parser().parse_args(argv)
     from jresnet.typing import ShapeError
 
+    if os.environ.get("JRESNET_DEBUG") == "1":  # full tracebacks, for developers
+        return int(args.func(args) or 0)
     try:
         return int(args.func(args) or 0)
     except ShapeError as err:
         print(f"jresnet {args.command}: {err}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, FileNotFoundError, PermissionError) as err:
+    except (ValueError, TypeError, OSError) as err:  # bad config, data, input, folders, disks
         print(f"jresnet {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except ArithmeticError as err:  # a NaN/Inf loss (jresnet.train.loop.NonFiniteLossError)
+        print(f"jresnet {args.command}: stopped: {err}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"jresnet {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -174,7 +174,11 @@ def test_option_d_is_avgpool_then_projection(rngs) -> None:
 
 def test_option_d_at_stride_one_has_no_pool(rngs) -> None:
     block = Bottleneck(16, 8, 1, shortcut="D", rngs=rngs)
-    assert [type(m).__name__ for m in block.downsample] == ["Conv2d", "BatchNorm2d"]
+    kinds = [type(m).__name__ for m in block.downsample]
+    assert "AvgPool2d" not in kinds
+    assert kinds[-2:] == ["Conv2d", "BatchNorm2d"]
+    assert block.downsample[-2].geometry.stride == 1
+    assert _shape(block, (2, 16, 5, 5)) == (2, 32, 5, 5)
 
 
 def test_preact_projection_has_no_batchnorm(rngs) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "NAN_POLICIES",
     "OPTIMIZERS",
     "PRECISIONS",
+    "RESUME_MODES",
     "SCHEDULES",
     "ConfigError",
     "DataConfig",
@@ -55,6 +56,7 @@ SCHEDULES = ("cosine", "multistep", "constant")
 PRECISIONS = ("fp32", "bf16")
 """Values of ``train.precision``."""
 NAN_POLICIES = ("stop", "skip")
+RESUME_MODES = ("auto", "fresh")
 """Values of ``train.nan_policy``: stop the run at a non-finite loss, or skip that update."""
 
 
@@ -303,6 +305,9 @@ class TrainConfig(_Section):
     out_dir: str = "runs"
     """Parent folder; the run writes to ``out_dir/<run name>``."""
     progress: bool = True
+    resume: str = _option("auto", one_of=RESUME_MODES)
+    """"auto" resumes from the run folder's newest checkpoint; "fresh" moves an existing run folder aside
+    (to ``<name>.old-<time>``, nothing is deleted) and starts over."""
 
     def _check(self) -> None:
         if self.steps is not None and self.epochs is not None:
@@ -476,8 +481,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         for key in _leaf_keys(raw, RunConfig, "", str(path)):
             set_by[key] = str(path)
         tree = dict(raw or {})
+    overridden = {_parse_override(text)[0] for text in overrides}
     for text in overrides:
         key, value = _parse_override(text)
+        # A run's length is steps or epochs: overriding one (and not the other) replaces the other.
+        other = _LENGTH_KEYS.get(key)
+        if other is not None and value is not None and other not in overridden:
+            _set(tree, other, None)
         nested: Any = value
         for part in reversed(key.split(".")):
             nested = {part: nested}
@@ -491,6 +501,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if source is None:
             raise
         raise ConfigError(f"{e} (set by {source})", e.key) from None
+
+
+_LENGTH_KEYS = {"train.steps": "train.epochs", "train.epochs": "train.steps"}
 
 
 def _source_of(key: str | None, set_by: Mapping[str, str]) -> str | None:

@@ -9,6 +9,7 @@ at the end, with the best checkpoint.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -36,7 +37,7 @@ from jresnet.typing import ShapeError
 __all__ = ["DataSplits", "TrainResult", "eval_from_cli", "evaluate", "load_splits", "train", "train_from_cli"]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(ArithmeticError):
     """The loss or the gradients became NaN or Inf (``nan_policy: stop``)."""
 
 
@@ -125,9 +126,32 @@ def _check_resumable(run_dir: Path, fingerprint: dict[str, Any]) -> None:
     diffs = [f"{k}: {saved.get(k)!r} there, {v!r} now" for k, v in fingerprint.items() if saved.get(k) != v]
     if diffs:
         raise ValueError(
-            f"run folder {run_dir} was made by a different run ({'; '.join(diffs)}). Start fresh with another "
-            f"name (name=... or train.out_dir=...), or delete the folder to overwrite it."
+            f"run folder {run_dir} was made by a different run ({'; '.join(diffs)}). Start fresh under another "
+            f"name (name=...), or pass train.resume=fresh to move this folder aside and start over."
         )
+
+
+def _move_aside(run_dir: Path) -> Path | None:
+    """``train.resume=fresh``: rename an existing run folder to ``<name>.old-<time>``; nothing is deleted."""
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return None
+    target = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while target.exists():
+        target, n = target.with_name(f"{target.name.split('~')[0]}~{n}"), n + 1
+    run_dir.rename(target)
+    return target
+
+
+def _check_disk_space(run_dir: Path, state: Any, keep: int) -> None:
+    """Fail before training when the checkpoints the run will keep cannot fit on the disk."""
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    need = state_bytes * (keep + 2) + (64 << 20)  # kept + best + one being written, plus logs
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise OSError(f"not enough free disk space in {run_dir}: the run's checkpoints need about "
+                      f"{need / 2**20:.0f} MiB ({keep} kept + best + one in flight), {free / 2**20:.0f} MiB free. "
+                      "Free space, lower train.keep_checkpoints, or set train.out_dir elsewhere.")
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -166,6 +190,8 @@ def train(cfg: RunConfig, *, verbose: bool = True) -> TrainResult:
     """Train (or resume) the run described by ``cfg``; returns its `TrainResult`."""
     t = cfg.train
     run_dir = Path(t.out_dir) / cfg.name
+    if t.resume == "fresh" and (moved := _move_aside(run_dir)) is not None and verbose:
+        print(f"moved the previous run folder aside to {moved}")
     _check_writable(run_dir)
     data = load_splits(cfg)
     model = build_model(cfg, data)
@@ -181,6 +207,7 @@ def train(cfg: RunConfig, *, verbose: bool = True) -> TrainResult:
     graphdef, state = create_state(model, tx, seed=t.seed, ema=cfg.optim.ema_decay is not None)
     del model
     _check_resumable(run_dir, _fingerprint(cfg, data))
+    _check_disk_space(run_dir, state, t.keep_checkpoints)
     write_run_info(run_dir, config_to_dict(cfg), {
         "devices": [str(d) for d in jax.devices()], "num_devices": dp.num_devices, "seed": t.seed,
         "train_examples": len(data.train), "val_examples": len(data.val), "test_examples": len(data.test)})

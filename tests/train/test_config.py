@@ -320,10 +320,15 @@ def test_boundaries_that_are_allowed(override: str) -> None:
     load_config(None, [override])
 
 
-def test_exactly_one_of_steps_and_epochs() -> None:
-    assert error_of(None, "train.steps=640") == (
+def test_exactly_one_of_steps_and_epochs(tmp_path: Path) -> None:
+    both = write(tmp_path, "train: {steps: 640, epochs: 30}\n")
+    assert error_of(both).startswith(
         "train.steps (640) and train.epochs (30) are both set; set exactly one and the other to null, "
         "e.g. train.steps=640 train.epochs=null")
+    # Overriding the run's length in one unit replaces the other, as a user expects.
+    assert load_config(None, ["train.steps=640"]).train.epochs is None
+    assert load_config(REPO / "configs" / "cifar10_resnet20.yaml", ["train.epochs=2"]).train.steps is None
+    assert error_of(None, "train.steps=640", "train.epochs=3").startswith("train.steps (640) and train.epochs (3)")
     assert error_of(None, "train.epochs=null").startswith("train.steps and train.epochs are both null")
     cfg = load_config(None, ["train.steps=640", "train.epochs=null"])
     assert (cfg.train.steps, cfg.train.epochs) == (640, None)
