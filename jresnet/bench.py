@@ -347,11 +347,15 @@ class ModelBench:
         outs = [fn(self.params, self.batch_stats, self.inputs) for _ in range(steps)]
         jax.block_until_ready(outs)
 
-    def run_repeat(self, kind: str) -> float:
-        """Time one repeat of ``steps`` calls of ``kind``; records and returns the seconds per call."""
+    def run_repeat(self, kind: str, steps: int | None = None) -> float:
+        """Time one repeat of ``steps`` (default: the bench's) calls of ``kind``, blocking at the end;
+        records and returns the seconds per call."""
         if kind not in ("train", "infer", "infer_unchecked"):
             raise ValueError(f"kind must be train, infer or infer_unchecked; got {kind!r}")
-        seconds = _timed(lambda: self._run(kind, self.steps)) / self.steps
+        n = self.steps if steps is None else steps
+        if n < 1:
+            raise ValueError(f"steps must be >= 1; got {n}")
+        seconds = _timed(lambda: self._run(kind, n)) / n
         getattr(self.result, f"{kind}_s").append(seconds)
         return seconds
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float
 
-from jresnet.layers import AvgPool2d, BatchNorm2d, Conv2d, DropPath, NCHWModule
+from jresnet.layers import AvgPool2d, BatchNorm2d, Conv2d, DropPath, Identity, NCHWModule
 from jresnet.typing import ShapeError, fmt_nchw, shapechecked
 
 __all__ = [
@@ -81,8 +81,8 @@ def _projection(in_channels: int, out_channels: int, stride: int, kind: str, *, 
     """The projection shortcut as a list, so that its keys read ``downsample.0``, ``downsample.1``
     like torchvision's (and timm's for ResNet-D, whose ``downsample.0`` is the pool)."""
     layers: list[Any] = []
-    if kind == "D" and stride > 1:
-        layers.append(AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False))
+    if kind == "D":  # timm's downsample_avg is always (pool or identity, conv, norm): keep its keys
+        layers.append(AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else Identity())
         stride = 1
     layers.append(Conv2d(in_channels, out_channels, 1, stride, 0, bias=False, rngs=rngs))
     if norm:

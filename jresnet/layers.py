@@ -259,6 +259,10 @@ class _Pool2d(NCHWModule):
 
     def __init__(self, kernel_size: int, stride: int | None = None, padding: PaddingSpec = 0) -> None:
         self.geometry = ConvGeometry(kernel_size, kernel_size if stride is None else stride, padding)
+        if not isinstance(padding, str) and max(self.geometry.pads(kernel_size)) > kernel_size // 2:
+            # A window lying wholly in the padding would pool nothing: -inf for max, 0/0 for mean.
+            raise ValueError(f"{type(self).__name__}: padding must be at most half the kernel "
+                             f"({kernel_size // 2}); got padding={padding!r}")
 
     def check_input(self, x: Any, layout: str = "NHWC") -> None:
         super().check_input(x, layout)
@@ -272,12 +276,13 @@ class _Pool2d(NCHWModule):
     def _out_size(self, n: int) -> int:
         return self.geometry.out_size(n)
 
-    def _pads(self, n: int) -> tuple[int, int]:
+    def pads(self, n: int) -> tuple[int, int]:
+        """The (lo, hi) padding of an input of ``n`` pixels."""
         return self.geometry.pads(n)
 
     def _window(self, x: jax.Array, init: float, op: Any) -> jax.Array:
         g = self.geometry
-        pads = ((0, 0), self._pads(x.shape[1]), self._pads(x.shape[2]), (0, 0))
+        pads = ((0, 0), self.pads(x.shape[1]), self.pads(x.shape[2]), (0, 0))
         return lax.reduce_window(x, jnp.asarray(init, x.dtype), op, (1, g.kernel, g.kernel, 1),
                                  (1, g.stride, g.stride, 1), pads)
 
@@ -310,7 +315,7 @@ class AvgPool2d(_Pool2d):
         self.ceil_mode = ceil_mode
         self.count_include_pad = count_include_pad
 
-    def _pads(self, n: int) -> tuple[int, int]:
+    def pads(self, n: int) -> tuple[int, int]:
         lo, hi = self.geometry.pads(n)
         if self.ceil_mode:
             g = self.geometry
@@ -321,7 +326,7 @@ class AvgPool2d(_Pool2d):
         return lo, hi
 
     def _out_size(self, n: int) -> int:
-        lo, hi = self._pads(n)
+        lo, hi = self.pads(n)
         return ConvGeometry(self.geometry.kernel, self.geometry.stride, (lo, hi)).out_size(n)
 
     @shapechecked
@@ -333,7 +338,7 @@ class AvgPool2d(_Pool2d):
         # the ceil-mode overhang never does (PyTorch's rule).
         g = self.geometry
         ones = jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype)
-        (lo_h, hi_h), (lo_w, hi_w) = self._pads(x.shape[1]), self._pads(x.shape[2])
+        (lo_h, hi_h), (lo_w, hi_w) = self.pads(x.shape[1]), self.pads(x.shape[2])
         p = g.pads(x.shape[1])[0] if self.count_include_pad else 0
         ones = jnp.pad(ones, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=1)
         counts = lax.reduce_window(ones, jnp.asarray(0, x.dtype), lax.add, (1, g.kernel, g.kernel, 1),

@@ -94,6 +94,15 @@ class ResNetSpec:
             raise ValueError(f"ResNetSpec.width_multiplier must be > 0; got {self.width_multiplier!r}")
         if not isinstance(self.drop_path_rate, int | float) or not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"ResNetSpec.drop_path_rate must be in [0, 1); got {self.drop_path_rate!r}")
+        if self.stem == "deep" and self.stem_width < 2:
+            raise ValueError(f"ResNetSpec.stem_width must be >= 2 for the deep stem (its first convs have "
+                             f"stem_width/2 channels); got {self.stem_width}")
+        if self.block in ("basic", "preact_basic") and (self.groups != 1 or self.base_width != 64):
+            raise ValueError(f"ResNetSpec: basic blocks support only groups=1 and base_width=64; got "
+                             f"groups={self.groups}, base_width={self.base_width}")
+        for name in ("zero_init_residual",):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ResNetSpec.{name} must be a bool; got {getattr(self, name)!r}")
         if self.shortcut == "A" and self.block in ("bottleneck", "preact_bottleneck"):
             raise ValueError("ResNetSpec: shortcut 'A' is for basic blocks (He et al.'s CIFAR nets); "
                              "bottlenecks change channels inside the first block, use shortcut='B'")

@@ -119,7 +119,7 @@ class ConvGeometry:
             naive = n / self.stride
             note = f"stride {self.stride} does not simply divide: {n}/{self.stride} = {naive:g}, but out = {out}"
             if unused:
-                note += f"; the last {unused} padded pixel{'s' if unused != 1 else ''} start no window"
+                note += f"; the last {unused} padded pixel{'s are' if unused != 1 else ' is'} read by no window"
             lines.append(note)
         return "\n".join(lines)
 

@@ -117,7 +117,7 @@ def _row(record: CallRecord) -> LayerRow:
     stride = 1
     if isinstance(m, Conv2d | MaxPool2d | AvgPool2d):
         g = m.geometry
-        lo, hi = g.pads(record.in_shape[1])
+        lo, hi = (m if isinstance(m, MaxPool2d | AvgPool2d) else g).pads(record.in_shape[1])
         pad = str(lo) if lo == hi else f"({lo},{hi})"
         ksp = f"{g.kernel}/{g.stride}/{pad}"
         eaten = str(g.eaten)

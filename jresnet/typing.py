@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import jax.numpy as jnp
 import numpy as np
 from beartype import beartype
 from jaxtyping import Array, Float, Int, jaxtyped
@@ -90,7 +91,7 @@ def require_images(x: Any, where: str, in_channels: int | None, *, layout: str =
             f"{where}: expected images of rank 4, (B, C, H, W); got rank {len(shape)}, shape {shape}.{hint}"
         )
     dtype = np.dtype(x.dtype)
-    if not np.issubdtype(dtype, np.floating):
+    if not jnp.issubdtype(dtype, jnp.floating):  # numpy's own check says no to bfloat16
         raise TypeError(
             f"{where}: expected floating-point images (float32, bfloat16, ...); got dtype {dtype} with shape "
             f"{shape}. Convert and scale first, e.g. x.astype(jnp.float32) / 255."

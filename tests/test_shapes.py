@@ -222,14 +222,14 @@ def test_explain_shows_the_arithmetic_of_64_k3_s2() -> None:
         assert part in text
     assert "32" in text  # the naive 64/2 it warns about
     assert "last 1 padded pixel" in text
-    assert "start no window" in text
+    assert "last 1 padded pixel is read by no window" in text
 
 
 def test_explain_counts_unused_pixels_for_a_larger_stride() -> None:
     unused = _trailing_pixels_without_window(10, 3, 4, 0, 0)
     assert unused == 3  # windows at 0..2 and 4..6; pixels 7, 8, 9 start none
     text = explain(10, 3, stride=4)
-    assert f"last {unused} padded pixels start no window" in text
+    assert f"last {unused} padded pixels are read by no window" in text
     assert "= 2" in text
 
 
@@ -237,13 +237,13 @@ def test_explain_no_unused_note_when_stride_divides() -> None:
     assert _trailing_pixels_without_window(65, 3, 2, 0, 0) == 0
     text = explain(65, 3, stride=2)
     assert "= 32" in text  # (65 - 3) // 2 + 1
-    assert "start no window" not in text
+    assert "read by no window" not in text
 
 
 def test_explain_stride_one_has_no_stride_note() -> None:
     text = explain(64, 3, padding=1)
     assert "= 64" in text
-    assert "does not simply divide" not in text and "start no window" not in text
+    assert "does not simply divide" not in text and "read by no window" not in text
 
 
 def test_explain_uneven_same_padding_says_after() -> None:

@@ -1,0 +1,452 @@
+"""Benchmark harness: jresnet against a plain Flax NHWC reference and PyTorch, interleaved, on this machine.
+
+What it measures, per model, dtype and input size (medians of ``--repeats`` timed repeats):
+
+- **train img/s**: one optimiser step at batch B from uint8 images (normalise, forward, backward with
+  BatchNorm in train mode, cross-entropy, SGD momentum 0.9), without augmentation:
+  - ``jresnet``: jresnet's real train step (`jresnet.train.step.make_train_step`) through its public
+    (B, C, H, W) API, via `jresnet.bench.ModelBench`;
+  - ``flax-ref``: `experiments/flax_nhwc_reference.py`, plain ``nnx.Conv``/``nnx.BatchNorm`` in NHWC;
+  - ``torch-eager``, ``torch-eager_cl`` (channels_last), ``torch-compile_cl`` (channels_last +
+    ``torch.compile``): `experiments/torch_reference.py`, bf16 rows under ``torch.autocast``.
+- **infer img/s**: the eval-mode forward on normalised images.
+- **compile s**: JAX: trace + lower + compile of the train step; torch: the first train call.
+- **GFLOP/s** and **% of matmul peak**: FLOPs from jresnet's layer shapes (2 × summary MACs per image
+  forward, ×3 for a train step) over the median time, against the fp32 2048³ matmul peak measured in
+  the jresnet worker in every round.
+- **ratios**: train (and infer) img/s against torch eager channels_last and torch.compile of the same
+  model, dtype and input; jresnet against flax-ref and ``[flags]`` against default flags as the median
+  of per-round ratios (each round runs both, so the pair shares the machine's state).
+- ``--xla-flags F`` adds ``jresnet [flags]`` and ``flax-ref [flags]``: the same workers with
+  ``XLA_FLAGS=F`` (flags must be set before JAX starts, hence separate processes). The other JAX
+  workers run with the XLA_FLAGS of this process's environment (normally none).
+
+How: every variant is a worker process (JAX and torch never share one) that builds, compiles and warms
+up its model once, then times one repeat (``--steps`` calls, then block) per request. The workers start
+one after another (so compile times are not inflated by each other), then every round asks each worker
+in turn for one train repeat and one infer repeat (A B C ... A B C ...), rotating the starting worker
+from round to round; only one worker runs at a time. The 1-minute load average is logged every round:
+the machine is shared, so say what it was.
+
+Run (torch optional; see `experiments/torch_reference.py` for its venv)::
+
+    .venv/bin/python experiments/bench.py --models resnet20,resnet18_cifar --batch 128 --dtype fp32,bf16 \\
+        --repeats 5 --steps 5,resnet18_cifar=2 --xla-flags=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution \\
+        --torch-python /work/torchvenv/bin/python --json out.json --markdown out.md
+    .venv/bin/python experiments/bench.py --models resnet20 --input 1x8x8 --xla-flags=...   # the digits size
+
+``--variants jresnet,flax-ref`` picks a subset; without ``--torch-python`` the torch venv is used when
+``/work/torchvenv/bin/python`` exists (``--no-torch`` skips torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_TORCH_PYTHON = "/work/torchvenv/bin/python"
+TORCH_VARIANTS = ("eager", "eager_cl", "compile_cl")
+ALL_VARIANTS = ("jresnet", "flax-ref", "torch-eager", "torch-eager_cl", "torch-compile_cl")
+EAGER_CL, COMPILED = "torch-eager_cl", "torch-compile_cl"
+
+
+# --------------------------------------------------------------------------------------------------
+# The jresnet worker (runs in its own process; imports JAX only here).
+
+
+def jresnet_worker(args: argparse.Namespace) -> int:
+    """Serve `jresnet.bench.ModelBench` timings over stdin/stdout (see the protocol in the references)."""
+    out = os.fdopen(os.dup(1), "w", buffering=1)  # JSON only; anything else printed goes to stderr
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    from jresnet.bench import MatmulPeak, ModelBench, environment
+
+    info: dict[str, Any] = {"variant": "jresnet"}
+    common = dict(input_shape=args.input, steps=1, warmup=1, checks_overhead=args.checks_overhead)
+    try:
+        bench = ModelBench(args.model, args.batch, args.dtype, **common)
+    except TypeError as err:  # the checks reject the dtype; measure the same program traced without them
+        info.update(variant="jresnet [checks off]", checks_error=str(err))
+        bench = ModelBench(args.model, args.batch, args.dtype, **{**common, "checks": False})
+    r = bench.result
+    peak = MatmulPeak(args.matmul_n) if args.peak else None
+    info.update(model=r.model, batch=r.batch, dtype=r.dtype, input_shape=list(r.input_shape), params=r.params,
+                macs_per_image=r.macs_per_image, lower_train_s=r.lower_train_s, compile_train_s=r.compile_train_s,
+                lower_infer_s=r.lower_infer_s, compile_infer_s=r.compile_infer_s, checks=r.checks,
+                checks_hlo_identical=r.checks_hlo_identical, kinds=list(bench.kinds), env=environment())
+    out.write(json.dumps({"ready": True, **info}) + "\n")
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd.get("cmd") == "quit":
+            break
+        try:
+            if cmd["cmd"] == "peak":
+                if peak is None:
+                    raise ValueError("this worker measures no matmul peak")
+                reply: dict[str, Any] = {"seconds": peak.run_repeat(), "flops": peak.flops}
+            else:
+                reply = {"seconds": bench.run_repeat(cmd["cmd"], int(cmd.get("steps", 1)))}
+        except Exception as err:  # report, keep serving
+            reply = {"error": f"{type(err).__name__}: {err}"}
+        out.write(json.dumps(reply) + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# The orchestrator.
+
+
+@dataclass
+class Worker:
+    """A running worker process and what it has measured."""
+
+    label: str
+    kind: str  # jresnet | flax-ref | torch-<variant>
+    flags: bool
+    cmd: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    times: dict[str, list[float]] = field(default_factory=dict)
+    error: str | None = None
+
+    def start(self) -> bool:
+        """Start the process and wait for its ready line; False (with ``error``) if it failed."""
+        start = time.perf_counter()
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+                                     text=True, env=self.env, cwd=str(HERE.parent))
+        reply = self._read()
+        if reply is None or not reply.get("ready"):
+            self.error = self.error or f"did not start: {reply}"
+            self.stop()
+            return False
+        self.info = reply
+        self.info["startup_s"] = time.perf_counter() - start
+        return True
+
+    def _read(self) -> dict[str, Any] | None:
+        assert self.proc is not None and self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.error = f"exited with status {self.proc.poll()}"
+            return None
+        return json.loads(line)
+
+    def request(self, kind: str, steps: int = 1) -> float | None:
+        """Ask for one timed repeat; records and returns the seconds per call (None on failure)."""
+        if self.proc is None or self.error:
+            return None
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps({"cmd": kind, "steps": steps}) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            self.error = "worker died"
+            return None
+        reply = self._read()
+        if reply is None or "seconds" not in reply:
+            self.error = f"{kind}: {reply}"
+            return None
+        self.times.setdefault(kind, []).append(reply["seconds"])
+        return float(reply["seconds"])
+
+    def stop(self) -> None:
+        """Ask the worker to quit, then make sure it has."""
+        if self.proc is None:
+            return
+        try:
+            if self.proc.poll() is None and self.proc.stdin is not None:
+                self.proc.stdin.write('{"cmd": "quit"}\n')
+                self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
+        except (BrokenPipeError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _median(values: list[float] | None) -> float:
+    return float(statistics.median(values)) if values else math.nan
+
+
+def _paired_ratio(a: Worker, b: Worker, kind: str) -> dict[str, float] | None:
+    """Median, min and max over rounds of (b's seconds / a's seconds): a's speed relative to b."""
+    ta, tb = a.times.get(kind, []), b.times.get(kind, [])
+    ratios = [y / x for x, y in zip(ta, tb) if x > 0]
+    if not ratios:
+        return None
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "n": len(ratios)}
+
+
+def _loadavg() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:,.{digits}f}"
+
+
+def _fmt_ratio(r: dict[str, float] | None) -> str:
+    return "n/a" if r is None else f"{r['median']:.3f} ({r['min']:.2f}–{r['max']:.2f})"
+
+
+def build_workers(model: str, dtype: str, args: argparse.Namespace, steps: int) -> list[Worker]:
+    """The workers of one (model, dtype, input) group, in the order they run in a round."""
+    chw = "x".join(str(v) for v in args.input)
+    base_env = dict(os.environ)
+    base_env.pop("JRESNET_XLA_FLAGS", None)
+    flag_env = {**base_env, "XLA_FLAGS": f"{base_env.get('XLA_FLAGS', '')} {args.xla_flags}".strip()}
+    common = ["--model", model, "--batch", str(args.batch), "--dtype", dtype, "--input", chw]
+    me = [sys.executable, str(HERE / "bench.py"), "--worker", *common, "--matmul-n", str(args.matmul_n)]
+    ref = [sys.executable, str(HERE / "flax_nhwc_reference.py"), "--serve", *common]
+    flag_sets = [(False, base_env)] + ([(True, flag_env)] if args.xla_flags else [])
+    workers: list[Worker] = []
+    for flags, env in flag_sets:
+        tag = " [flags]" if flags else ""
+        if "jresnet" in args.variants:
+            extra = ["--peak"] if not flags else []
+            extra += ["--checks-overhead"] if not flags else []
+            workers.append(Worker(f"jresnet{tag}", "jresnet", flags, me + extra, env))
+        if "flax-ref" in args.variants:
+            workers.append(Worker(f"flax-ref{tag}", "flax-ref", flags, ref, env))
+    if args.torch_python:
+        for v in TORCH_VARIANTS:
+            if f"torch-{v}" in args.variants:
+                cmd = [args.torch_python, str(HERE / "torch_reference.py"), "--serve", "--variant", v, *common]
+                workers.append(Worker(f"torch-{v}", f"torch-{v}", False, cmd, base_env))
+    return workers
+
+
+def run_group(model: str, dtype: str, args: argparse.Namespace, steps: int) -> dict[str, Any]:
+    """Start one group's workers, run the interleaved rounds, stop them; returns the group's record."""
+    workers = build_workers(model, dtype, args, steps)
+    group: dict[str, Any] = {"model": model, "dtype": dtype, "batch": args.batch, "input": list(args.input),
+                             "steps": steps, "loadavg_rounds": [], "peak_s": [], "peak_flops": None}
+    try:
+        for w in workers:
+            print(f"[{model} {dtype}] starting {w.label} ...", file=sys.stderr, flush=True)
+            if w.start():
+                print(f"  ready in {w.info['startup_s']:.1f} s (compile {w.info.get('compile_train_s', math.nan):.1f} s)",
+                      file=sys.stderr, flush=True)
+            else:
+                print(f"  FAILED: {w.error}", file=sys.stderr, flush=True)
+        live = [w for w in workers if not w.error]
+        peak_worker = next((w for w in live if w.label == "jresnet"), None)
+        for rnd in range(args.repeats):
+            group["loadavg_rounds"].append(_loadavg())
+            k = rnd % max(len(live), 1)
+            for w in live[k:] + live[:k]:
+                w.request("train", steps)
+                w.request("infer", steps)
+                if "infer_unchecked" in w.info.get("kinds", []):
+                    w.request("infer_unchecked", steps)
+            if peak_worker is not None and not peak_worker.error:
+                seconds = peak_worker.request("peak")
+                if seconds is not None:
+                    group["peak_s"].append(seconds)
+            print(f"[{model} {dtype}] round {rnd + 1}/{args.repeats}, load {group['loadavg_rounds'][-1]:.2f}",
+                  file=sys.stderr, flush=True)
+        group["loadavg_rounds"].append(_loadavg())
+    finally:
+        for w in workers:
+            w.stop()
+    if peak_worker is not None and group["peak_s"]:
+        n = args.matmul_n
+        group["peak_gflops"] = 2.0 * n**3 / _median(group["peak_s"]) / 1e9
+    else:
+        group["peak_gflops"] = math.nan
+    group["workers"] = {w.label: {"info": w.info, "times": w.times, "error": w.error} for w in workers}
+    group["rows"] = summarize(workers, group, args.batch)
+    return group
+
+
+def summarize(workers: list[Worker], group: dict[str, Any], batch: int) -> list[dict[str, Any]]:
+    """One row per worker: medians, ratios, FLOP rates."""
+    by_label = {w.label: w for w in workers if not w.error}
+    macs = next((w.info.get("macs_per_image") for w in workers if w.kind == "jresnet" and w.info), None)
+    peak = group.get("peak_gflops", math.nan)
+    rows = []
+    for w in workers:
+        train_s, infer_s = _median(w.times.get("train")), _median(w.times.get("infer"))
+        row: dict[str, Any] = {
+            "variant": w.info.get("variant", w.label) + (" [flags]" if w.flags else ""), "label": w.label,
+            "model": group["model"], "dtype": group["dtype"], "input": "x".join(map(str, group["input"])),
+            "batch": batch, "train_img_s": batch / train_s, "infer_img_s": batch / infer_s,
+            "compile_s": (w.info.get("lower_train_s", 0.0) + w.info["compile_train_s"]) if "compile_train_s" in w.info
+            else math.nan,
+            "params": w.info.get("params"), "error": w.error,
+        }
+        if macs:
+            row["train_gflops"] = 3 * 2 * macs * row["train_img_s"] / 1e9
+            row["infer_gflops"] = 2 * macs * row["infer_img_s"] / 1e9
+            row["train_pct_peak"] = 100 * row["train_gflops"] / peak
+        for ref_label, key in ((EAGER_CL, "vs_eager_cl"), (COMPILED, "vs_compile")):
+            ref = by_label.get(ref_label)
+            row[f"train_{key}"] = row["train_img_s"] * _median(ref.times.get("train")) / batch if ref else math.nan
+            row[f"infer_{key}"] = row["infer_img_s"] * _median(ref.times.get("infer")) / batch if ref else math.nan
+        partner = {"jresnet": "flax-ref", "jresnet [flags]": "flax-ref [flags]"}.get(w.label)
+        if partner in by_label and w.label in by_label:
+            row["paired_vs_flax_ref"] = {k: _paired_ratio(w, by_label[partner], k) for k in ("train", "infer")}
+        base = w.label.replace(" [flags]", "")
+        if w.flags and base in by_label and w.label in by_label:
+            row["paired_flags_vs_default"] = {k: _paired_ratio(by_label[base], w, k) for k in ("train", "infer")}
+        if "infer_unchecked" in w.times:
+            row["paired_checks_on_vs_off_infer"] = _paired_ratio_kinds(w, "infer_unchecked", "infer")
+        rows.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
+    return rows
+
+
+def _paired_ratio_kinds(w: Worker, slow: str, fast: str) -> dict[str, float] | None:
+    """Median over rounds of times[slow] / times[fast] of one worker (>1: ``fast`` is faster)."""
+    ratios = [a / b for a, b in zip(w.times.get(slow, []), w.times.get(fast, [])) if b > 0]
+    if not ratios:
+        return None
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "n": len(ratios)}
+
+
+def markdown(groups: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """The report: the main table, then the paired ratios, then the conditions."""
+    lines = [
+        "| variant | model | input | dtype | train img/s | × torch eager CL | × torch.compile | infer img/s "
+        "| infer × eager CL | compile s | GFLOP/s | % of matmul peak |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for g in groups:
+        for r in g["rows"]:
+            if r["error"]:
+                lines.append(f"| {r['variant']} | {r['model']} | {r['input']} | {r['dtype']} | failed: "
+                             f"{str(r['error'])[:60]} | | | | | | | |")
+                continue
+            lines.append(
+                f"| {r['variant']} | {r['model']} | {r['input']} | {r['dtype']} | {_fmt(r['train_img_s'])} "
+                f"| {_fmt(r.get('train_vs_eager_cl'), 2)} | {_fmt(r.get('train_vs_compile'), 2)} "
+                f"| {_fmt(r['infer_img_s'])} | {_fmt(r.get('infer_vs_eager_cl'), 2)} | {_fmt(r['compile_s'], 1)} "
+                f"| {_fmt(r.get('train_gflops'))} | {_fmt(r.get('train_pct_peak'))} |")
+    lines += ["", "Paired ratios (median over rounds of the per-round speed ratio, min–max in brackets):", "",
+              "| model | input | dtype | comparison | train | infer |", "|---|---|---|---|---|---|"]
+    for g in groups:
+        for r in g["rows"]:
+            where = f"| {r['model']} | {r['input']} | {r['dtype']} "
+            if r.get("paired_vs_flax_ref"):
+                p = r["paired_vs_flax_ref"]
+                lines.append(f"{where}| {r['label']} / flax-ref{' [flags]' if '[flags]' in r['label'] else ''} "
+                             f"| {_fmt_ratio(p['train'])} | {_fmt_ratio(p['infer'])} |")
+            if r.get("paired_flags_vs_default"):
+                p = r["paired_flags_vs_default"]
+                lines.append(f"{where}| {r['label']} / {r['label'].replace(' [flags]', '')} "
+                             f"| {_fmt_ratio(p['train'])} | {_fmt_ratio(p['infer'])} |")
+            if r.get("paired_checks_on_vs_off_infer"):
+                lines.append(f"{where}| jresnet forward, checks on / checks off | | "
+                             f"{_fmt_ratio(r['paired_checks_on_vs_off_infer'])} |")
+    lines += ["", "Conditions:", ""]
+    for g in groups:
+        loads = ", ".join(f"{x:.2f}" for x in g["loadavg_rounds"])
+        jr = g["workers"].get("jresnet", {}).get("info", {})
+        extra = ""
+        if jr.get("checks_hlo_identical") is not None:
+            extra = f"; checked and unchecked forward lower to the same program: {jr['checks_hlo_identical']}"
+        if jr.get("checks_error"):
+            extra += f"; jresnet with checks on failed: {jr['checks_error'][:160]}"
+        lines.append(f"- {g['model']} {'x'.join(map(str, g['input']))} {g['dtype']} batch {g['batch']}, "
+                     f"{args.repeats} rounds × {g['steps']} steps: 1-min load average per round {loads}; "
+                     f"fp32 {args.matmul_n}³ matmul peak {_fmt(g['peak_gflops'])} GFLOP/s{extra}")
+    lines.append(f"- [flags] = XLA_FLAGS={args.xla_flags!r}; other JAX rows: XLA_FLAGS="
+                 f"{os.environ.get('XLA_FLAGS', '')!r}")
+    return "\n".join(lines)
+
+
+def _parse_input(text: str) -> tuple[int, int, int]:
+    c, h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
+    return c, h, w
+
+
+def _parse_steps(text: str) -> tuple[int, dict[str, int]]:
+    default, per_model = 5, {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if "=" in part:
+            name, n = part.split("=", 1)
+            per_model[name.strip()] = int(n)
+        else:
+            default = int(part)
+    return default, per_model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="jresnet vs plain Flax NHWC vs PyTorch, interleaved.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--models", default="resnet20,resnet18_cifar")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp32,bf16")
+    parser.add_argument("--input", type=_parse_input, default=(3, 32, 32), help="C x H x W (default 3x32x32)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", default="5", help="steps per repeat: 5, or 5,resnet18_cifar=2")
+    parser.add_argument("--xla-flags", default="", help="also run jresnet and flax-ref under these XLA_FLAGS")
+    parser.add_argument("--variants", default=",".join(ALL_VARIANTS))
+    parser.add_argument("--torch-python", default=None, help=f"python with torch (default {DEFAULT_TORCH_PYTHON})")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--matmul-n", type=int, default=2048)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--markdown", default=None)
+    # worker mode (internal)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--checks-overhead", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return jresnet_worker(args)
+
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(args.variants) - set(ALL_VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {ALL_VARIANTS}")
+    if args.no_torch:
+        args.torch_python = None
+    elif args.torch_python is None and os.path.exists(DEFAULT_TORCH_PYTHON):
+        args.torch_python = DEFAULT_TORCH_PYTHON
+    if args.torch_python and not any(v.startswith("torch") for v in args.variants):
+        args.torch_python = None
+    default_steps, per_model = _parse_steps(args.steps)
+    started = dt.datetime.now().isoformat(timespec="seconds")
+    groups = []
+    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        for dtype in [d.strip() for d in args.dtype.split(",") if d.strip()]:
+            groups.append(run_group(model, dtype, args, per_model.get(model, default_steps)))
+    report = markdown(groups, args)
+    header = (f"Benchmark of {started}, {os.cpu_count()} cores, `{' '.join(sys.argv)}`\n\n")
+    print(header + report)
+    if args.markdown:
+        Path(args.markdown).write_text(header + report + "\n", encoding="utf-8")
+    if args.json:
+        record = {"started": started, "finished": dt.datetime.now().isoformat(timespec="seconds"),
+                  "argv": sys.argv, "cpu_count": os.cpu_count(), "xla_flags_env": os.environ.get("XLA_FLAGS", ""),
+                  "args": {k: v for k, v in vars(args).items() if k not in ("worker", "model", "peak")},
+                  "groups": groups, "markdown": report}
+        Path(args.json).write_text(json.dumps(_clean(record), indent=2, default=str, allow_nan=False) + "\n",
+                                   encoding="utf-8")
+    return 0
+
+
+def _clean(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by None, so that the JSON is standard."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+if __name__ == "__main__":
+    sys.exit(main())
