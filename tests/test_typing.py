@@ -190,3 +190,27 @@ def test_jresnet_checks_env_var_disables_checks() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_checks_leave_the_compiled_program_unchanged() -> None:
+    """Checks run while tracing only: the lowered program is identical with them on and off."""
+    import jax
+    import jax.numpy as jnp
+
+    import jresnet
+    from jresnet.functional import apply, init
+
+    graphdef, params, stats = init(jresnet.create_model("resnet20", depths=(1, 1, 1)))
+    x = jnp.ones((2, 3, 32, 32))
+
+    def lowered_text(on: bool) -> str:
+        def forward(p, s, images):  # a fresh function: JAX caches traces per function
+            return apply(graphdef, p, s, images, train=False)[0]
+
+        previous = jresnet.set_checks(on)
+        try:
+            return jax.jit(forward).lower(params, stats, x).as_text()
+        finally:
+            jresnet.set_checks(previous)
+
+    assert lowered_text(True) == lowered_text(False)
