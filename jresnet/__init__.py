@@ -1,6 +1,7 @@
 """jresnet: typed, shape-checked ResNets for JAX in (B, C, H, W) layout, built on Flax NNX."""
 
 from jresnet.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, ShortcutOptionA
+from jresnet.convert import load_state_dict, load_weights_file, save_safetensors, state_dict
 from jresnet.functional import apply, init
 from jresnet.layers import AvgPool2d, BatchNorm2d, Conv2d, DropPath, GlobalAvgPool, Linear, MaxPool2d, ReLU
 from jresnet.models import ResNet, ResNetSpec
@@ -40,10 +41,14 @@ __all__ = [
     "get_spec",
     "init",
     "list_models",
+    "load_state_dict",
+    "load_weights_file",
     "out_size",
     "receptive_field",
     "register_model",
     "same_padding",
+    "save_safetensors",
     "set_checks",
+    "state_dict",
     "summary",
 ]

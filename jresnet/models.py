@@ -18,7 +18,17 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from jresnet.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, ShortcutKind
-from jresnet.layers import BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, NCHWModule, ReLU, to_nchw, to_nhwc
+from jresnet.layers import (
+    BatchNorm2d,
+    Conv2d,
+    GlobalAvgPool,
+    Linear,
+    MaxPool2d,
+    NCHWModule,
+    ReLU,
+    to_nchw,
+    to_nhwc,
+)
 from jresnet.typing import require_images, shapechecked
 
 __all__ = ["BLOCKS", "ResNet", "ResNetSpec"]
