@@ -30,8 +30,9 @@ the machine is shared, so say what it was.
 
 Run (torch optional; see `experiments/torch_reference.py` for its venv)::
 
+    FLAG=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution
     .venv/bin/python experiments/bench.py --models resnet20,resnet18_cifar --batch 128 --dtype fp32,bf16 \\
-        --repeats 5 --steps 5,resnet18_cifar=2 --xla-flags=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution \\
+        --repeats 5 --steps 5,resnet18_cifar=2 --xla-flags=$FLAG \\
         --torch-python /work/torchvenv/bin/python --json out.json --markdown out.md
     .venv/bin/python experiments/bench.py --models resnet20 --input 1x8x8 --xla-flags=...   # the digits size
 
@@ -59,6 +60,7 @@ DEFAULT_TORCH_PYTHON = "/work/torchvenv/bin/python"
 TORCH_VARIANTS = ("eager", "eager_cl", "compile_cl")
 ALL_VARIANTS = ("jresnet", "flax-ref", "torch-eager", "torch-eager_cl", "torch-compile_cl")
 EAGER_CL, COMPILED = "torch-eager_cl", "torch-compile_cl"
+KINDS = ("train", "infer")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,8 +84,9 @@ def jresnet_worker(args: argparse.Namespace) -> int:
     r = bench.result
     peak = MatmulPeak(args.matmul_n) if args.peak else None
     info.update(model=r.model, batch=r.batch, dtype=r.dtype, input_shape=list(r.input_shape), params=r.params,
-                macs_per_image=r.macs_per_image, lower_train_s=r.lower_train_s, compile_train_s=r.compile_train_s,
-                lower_infer_s=r.lower_infer_s, compile_infer_s=r.compile_infer_s, checks=r.checks,
+                macs_per_image=r.macs_per_image, lower_train_s=r.lower_train_s,
+                compile_train_s=r.compile_train_s, lower_infer_s=r.lower_infer_s,
+                compile_infer_s=r.compile_infer_s, checks=r.checks,
                 checks_hlo_identical=r.checks_hlo_identical, kinds=list(bench.kinds), env=environment())
     out.write(json.dumps({"ready": True, **info}) + "\n")
     for line in sys.stdin:
@@ -119,6 +122,7 @@ class Worker:
     proc: subprocess.Popen[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     times: dict[str, list[float]] = field(default_factory=dict)
+    busy: list[float] = field(default_factory=list)  # others' busy cores sampled before each request
     error: str | None = None
 
     def start(self) -> bool:
@@ -182,7 +186,7 @@ def _median(values: list[float] | None) -> float:
 def _paired_ratio(a: Worker, b: Worker, kind: str) -> dict[str, float] | None:
     """Median, min and max over rounds of (b's seconds / a's seconds): a's speed relative to b."""
     ta, tb = a.times.get(kind, []), b.times.get(kind, [])
-    ratios = [y / x for x, y in zip(ta, tb) if x > 0]
+    ratios = [y / x for x, y in zip(ta, tb, strict=False) if x > 0]
     if not ratios:
         return None
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "n": len(ratios)}
@@ -190,6 +194,44 @@ def _paired_ratio(a: Worker, b: Worker, kind: str) -> dict[str, float] | None:
 
 def _loadavg() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(total, idle + iowait) jiffies of all CPUs since boot, from /proc/stat (None where absent)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            values = [int(v) for v in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return sum(values), values[3] + values[4]
+
+
+def busy_cores(interval: float = 0.25) -> float:
+    """CPU cores kept busy by other processes over ``interval`` seconds.
+
+    Called while every worker of ours is idle (between requests), so what it sees is the machine's
+    background load; NaN where /proc/stat is unavailable.
+    """
+    before = _cpu_jiffies()
+    time.sleep(interval)
+    after = _cpu_jiffies()
+    if before is None or after is None or after[0] == before[0]:
+        return math.nan
+    total, idle = after[0] - before[0], after[1] - before[1]
+    return (os.cpu_count() or 1) * (total - idle) / total
+
+
+def wait_quiet(threshold: float, max_wait: float) -> tuple[float, float]:
+    """Wait (at most ``max_wait`` s) until others keep fewer than ``threshold`` cores busy.
+
+    Returns (the last busy-cores sample, seconds waited). ``threshold <= 0`` only samples.
+    """
+    start = time.perf_counter()
+    busy = busy_cores()
+    while threshold > 0 and busy >= threshold and time.perf_counter() - start < max_wait:
+        time.sleep(1.0)
+        busy = busy_cores(0.5)
+    return busy, time.perf_counter() - start
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -222,7 +264,8 @@ def build_workers(model: str, dtype: str, args: argparse.Namespace, steps: int) 
     if args.torch_python:
         for v in TORCH_VARIANTS:
             if f"torch-{v}" in args.variants:
-                cmd = [args.torch_python, str(HERE / "torch_reference.py"), "--serve", "--variant", v, *common]
+                cmd = [args.torch_python, str(HERE / "torch_reference.py"), "--serve", "--variant", v,
+                       *common]
                 workers.append(Worker(f"torch-{v}", f"torch-{v}", False, cmd, base_env))
     return workers
 
@@ -231,30 +274,37 @@ def run_group(model: str, dtype: str, args: argparse.Namespace, steps: int) -> d
     """Start one group's workers, run the interleaved rounds, stop them; returns the group's record."""
     workers = build_workers(model, dtype, args, steps)
     group: dict[str, Any] = {"model": model, "dtype": dtype, "batch": args.batch, "input": list(args.input),
-                             "steps": steps, "loadavg_rounds": [], "peak_s": [], "peak_flops": None}
+                             "steps": steps, "loadavg_rounds": [], "busy_rounds": [], "waited_rounds": [],
+                             "peak_s": []}
     try:
         for w in workers:
             print(f"[{model} {dtype}] starting {w.label} ...", file=sys.stderr, flush=True)
             if w.start():
-                print(f"  ready in {w.info['startup_s']:.1f} s (compile {w.info.get('compile_train_s', math.nan):.1f} s)",
-                      file=sys.stderr, flush=True)
+                compile_s = w.info.get("compile_train_s", math.nan)
+                print(f"  ready in {w.info['startup_s']:.1f} s (compile {compile_s:.1f} s)", file=sys.stderr,
+                      flush=True)
             else:
                 print(f"  FAILED: {w.error}", file=sys.stderr, flush=True)
         live = [w for w in workers if not w.error]
         peak_worker = next((w for w in live if w.label == "jresnet"), None)
         for rnd in range(args.repeats):
+            busy, waited = wait_quiet(args.quiet, args.max_wait)
+            group["busy_rounds"].append(busy)
+            group["waited_rounds"].append(waited)
             group["loadavg_rounds"].append(_loadavg())
             k = rnd % max(len(live), 1)
             for w in live[k:] + live[:k]:
-                w.request("train", steps)
-                w.request("infer", steps)
-                if "infer_unchecked" in w.info.get("kinds", []):
-                    w.request("infer_unchecked", steps)
+                for kind in ("train", "infer", "infer_unchecked"):
+                    if kind == "infer_unchecked" and kind not in w.info.get("kinds", []):
+                        continue
+                    w.busy.append(busy_cores(0.2))
+                    w.request(kind, steps)
             if peak_worker is not None and not peak_worker.error:
                 seconds = peak_worker.request("peak")
                 if seconds is not None:
                     group["peak_s"].append(seconds)
-            print(f"[{model} {dtype}] round {rnd + 1}/{args.repeats}, load {group['loadavg_rounds'][-1]:.2f}",
+            print(f"[{model} {dtype}] round {rnd + 1}/{args.repeats}: load average "
+                  f"{group['loadavg_rounds'][-1]:.2f}, others busy {busy:.2f} cores (waited {waited:.0f} s)",
                   file=sys.stderr, flush=True)
         group["loadavg_rounds"].append(_loadavg())
     finally:
@@ -265,7 +315,8 @@ def run_group(model: str, dtype: str, args: argparse.Namespace, steps: int) -> d
         group["peak_gflops"] = 2.0 * n**3 / _median(group["peak_s"]) / 1e9
     else:
         group["peak_gflops"] = math.nan
-    group["workers"] = {w.label: {"info": w.info, "times": w.times, "error": w.error} for w in workers}
+    group["workers"] = {w.label: {"info": w.info, "times": w.times, "busy_cores": w.busy, "error": w.error}
+                        for w in workers}
     group["rows"] = summarize(workers, group, args.batch)
     return group
 
@@ -282,9 +333,8 @@ def summarize(workers: list[Worker], group: dict[str, Any], batch: int) -> list[
             "variant": w.info.get("variant", w.label) + (" [flags]" if w.flags else ""), "label": w.label,
             "model": group["model"], "dtype": group["dtype"], "input": "x".join(map(str, group["input"])),
             "batch": batch, "train_img_s": batch / train_s, "infer_img_s": batch / infer_s,
-            "compile_s": (w.info.get("lower_train_s", 0.0) + w.info["compile_train_s"]) if "compile_train_s" in w.info
-            else math.nan,
-            "params": w.info.get("params"), "error": w.error,
+            "compile_s": w.info.get("lower_train_s", 0.0) + w.info.get("compile_train_s", math.nan),
+            "params": w.info.get("params"), "error": w.error, "others_busy_cores": _median(w.busy),
         }
         if macs:
             row["train_gflops"] = 3 * 2 * macs * row["train_img_s"] / 1e9
@@ -292,23 +342,24 @@ def summarize(workers: list[Worker], group: dict[str, Any], batch: int) -> list[
             row["train_pct_peak"] = 100 * row["train_gflops"] / peak
         for ref_label, key in ((EAGER_CL, "vs_eager_cl"), (COMPILED, "vs_compile")):
             ref = by_label.get(ref_label)
-            row[f"train_{key}"] = row["train_img_s"] * _median(ref.times.get("train")) / batch if ref else math.nan
-            row[f"infer_{key}"] = row["infer_img_s"] * _median(ref.times.get("infer")) / batch if ref else math.nan
+            for kind in ("train", "infer"):
+                ref_img_s = batch / _median(ref.times.get(kind)) if ref else math.nan
+                row[f"{kind}_{key}"] = row[f"{kind}_img_s"] / ref_img_s
         partner = {"jresnet": "flax-ref", "jresnet [flags]": "flax-ref [flags]"}.get(w.label)
         if partner in by_label and w.label in by_label:
-            row["paired_vs_flax_ref"] = {k: _paired_ratio(w, by_label[partner], k) for k in ("train", "infer")}
+            row["paired_vs_flax_ref"] = {k: _paired_ratio(w, by_label[partner], k) for k in KINDS}
         base = w.label.replace(" [flags]", "")
         if w.flags and base in by_label and w.label in by_label:
-            row["paired_flags_vs_default"] = {k: _paired_ratio(by_label[base], w, k) for k in ("train", "infer")}
+            row["paired_flags_vs_default"] = {k: _paired_ratio(by_label[base], w, k) for k in KINDS}
         if "infer_unchecked" in w.times:
             row["paired_checks_on_vs_off_infer"] = _paired_ratio_kinds(w, "infer_unchecked", "infer")
-        rows.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
+        rows.append(row)
     return rows
 
 
 def _paired_ratio_kinds(w: Worker, slow: str, fast: str) -> dict[str, float] | None:
     """Median over rounds of times[slow] / times[fast] of one worker (>1: ``fast`` is faster)."""
-    ratios = [a / b for a, b in zip(w.times.get(slow, []), w.times.get(fast, [])) if b > 0]
+    ratios = [a / b for a, b in zip(w.times.get(slow, []), w.times.get(fast, []), strict=False) if b > 0]
     if not ratios:
         return None
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "n": len(ratios)}
@@ -318,20 +369,22 @@ def markdown(groups: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """The report: the main table, then the paired ratios, then the conditions."""
     lines = [
         "| variant | model | input | dtype | train img/s | × torch eager CL | × torch.compile | infer img/s "
-        "| infer × eager CL | compile s | GFLOP/s | % of matmul peak |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| infer × eager CL | compile s | GFLOP/s | % of matmul peak | bg cores |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for g in groups:
         for r in g["rows"]:
             if r["error"]:
                 lines.append(f"| {r['variant']} | {r['model']} | {r['input']} | {r['dtype']} | failed: "
-                             f"{str(r['error'])[:60]} | | | | | | | |")
+                             f"{str(r['error'])[:60]} | | | | | | | | |")
                 continue
             lines.append(
                 f"| {r['variant']} | {r['model']} | {r['input']} | {r['dtype']} | {_fmt(r['train_img_s'])} "
                 f"| {_fmt(r.get('train_vs_eager_cl'), 2)} | {_fmt(r.get('train_vs_compile'), 2)} "
-                f"| {_fmt(r['infer_img_s'])} | {_fmt(r.get('infer_vs_eager_cl'), 2)} | {_fmt(r['compile_s'], 1)} "
-                f"| {_fmt(r.get('train_gflops'))} | {_fmt(r.get('train_pct_peak'))} |")
+                f"| {_fmt(r['infer_img_s'])} | {_fmt(r.get('infer_vs_eager_cl'), 2)} "
+                f"| {_fmt(r['compile_s'], 1)} "
+                f"| {_fmt(r.get('train_gflops'))} | {_fmt(r.get('train_pct_peak'))} "
+                f"| {_fmt(r.get('others_busy_cores'), 2)} |")
     lines += ["", "Paired ratios (median over rounds of the per-round speed ratio, min–max in brackets):", "",
               "| model | input | dtype | comparison | train | infer |", "|---|---|---|---|---|---|"]
     for g in groups:
@@ -339,7 +392,8 @@ def markdown(groups: list[dict[str, Any]], args: argparse.Namespace) -> str:
             where = f"| {r['model']} | {r['input']} | {r['dtype']} "
             if r.get("paired_vs_flax_ref"):
                 p = r["paired_vs_flax_ref"]
-                lines.append(f"{where}| {r['label']} / flax-ref{' [flags]' if '[flags]' in r['label'] else ''} "
+                ref = "flax-ref [flags]" if "[flags]" in r["label"] else "flax-ref"
+                lines.append(f"{where}| {r['label']} / {ref} "
                              f"| {_fmt_ratio(p['train'])} | {_fmt_ratio(p['infer'])} |")
             if r.get("paired_flags_vs_default"):
                 p = r["paired_flags_vs_default"]
@@ -357,9 +411,13 @@ def markdown(groups: list[dict[str, Any]], args: argparse.Namespace) -> str:
             extra = f"; checked and unchecked forward lower to the same program: {jr['checks_hlo_identical']}"
         if jr.get("checks_error"):
             extra += f"; jresnet with checks on failed: {jr['checks_error'][:160]}"
+        busy = ", ".join(f"{x:.2f}" for x in g["busy_rounds"])
         lines.append(f"- {g['model']} {'x'.join(map(str, g['input']))} {g['dtype']} batch {g['batch']}, "
                      f"{args.repeats} rounds × {g['steps']} steps: 1-min load average per round {loads}; "
+                     f"cores busy with other processes at each round's start {busy}; "
                      f"fp32 {args.matmul_n}³ matmul peak {_fmt(g['peak_gflops'])} GFLOP/s{extra}")
+    lines.append("- bg cores: median number of cores other processes kept busy in the 0.2 s before each of "
+                 "the row's timed repeats (our workers idle); 2 cores in all")
     lines.append(f"- [flags] = XLA_FLAGS={args.xla_flags!r}; other JAX rows: XLA_FLAGS="
                  f"{os.environ.get('XLA_FLAGS', '')!r}")
     return "\n".join(lines)
@@ -392,9 +450,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="5", help="steps per repeat: 5, or 5,resnet18_cifar=2")
     parser.add_argument("--xla-flags", default="", help="also run jresnet and flax-ref under these XLA_FLAGS")
     parser.add_argument("--variants", default=",".join(ALL_VARIANTS))
-    parser.add_argument("--torch-python", default=None, help=f"python with torch (default {DEFAULT_TORCH_PYTHON})")
+    parser.add_argument("--torch-python", default=None,
+                        help=f"python with torch (default {DEFAULT_TORCH_PYTHON} when present)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--matmul-n", type=int, default=2048)
+    parser.add_argument("--quiet", type=float, default=0.5,
+                        help="before each round, wait until other processes use fewer cores (0: never)")
+    parser.add_argument("--max-wait", type=float, default=60.0, help="longest wait per round, seconds")
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
     # worker mode (internal)
@@ -418,22 +480,30 @@ def main(argv: list[str] | None = None) -> int:
         args.torch_python = None
     default_steps, per_model = _parse_steps(args.steps)
     started = dt.datetime.now().isoformat(timespec="seconds")
-    groups = []
-    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        for dtype in [d.strip() for d in args.dtype.split(",") if d.strip()]:
-            groups.append(run_group(model, dtype, args, per_model.get(model, default_steps)))
-    report = markdown(groups, args)
-    header = (f"Benchmark of {started}, {os.cpu_count()} cores, `{' '.join(sys.argv)}`\n\n")
-    print(header + report)
-    if args.markdown:
-        Path(args.markdown).write_text(header + report + "\n", encoding="utf-8")
-    if args.json:
-        record = {"started": started, "finished": dt.datetime.now().isoformat(timespec="seconds"),
-                  "argv": sys.argv, "cpu_count": os.cpu_count(), "xla_flags_env": os.environ.get("XLA_FLAGS", ""),
-                  "args": {k: v for k, v in vars(args).items() if k not in ("worker", "model", "peak")},
-                  "groups": groups, "markdown": report}
-        Path(args.json).write_text(json.dumps(_clean(record), indent=2, default=str, allow_nan=False) + "\n",
-                                   encoding="utf-8")
+    groups: list[dict[str, Any]] = []
+    header = f"Benchmark of {started}, {os.cpu_count()} cores, `{' '.join(sys.argv)}`\n\n"
+
+    def write(final: bool) -> str:
+        """Write the report so far (after every group, so that a long run leaves partial results)."""
+        report = markdown(groups, args)
+        if args.markdown:
+            Path(args.markdown).write_text(header + report + "\n", encoding="utf-8")
+        if args.json:
+            record = {"started": started, "finished": dt.datetime.now().isoformat(timespec="seconds"),
+                      "complete": final, "argv": sys.argv, "cpu_count": os.cpu_count(),
+                      "xla_flags_env": os.environ.get("XLA_FLAGS", ""),
+                      "args": {k: v for k, v in vars(args).items() if k not in ("worker", "model", "peak")},
+                      "groups": groups, "markdown": report}
+            Path(args.json).write_text(json.dumps(_clean(record), indent=2, default=str, allow_nan=False) + "\n",
+                                       encoding="utf-8")
+        return report
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    for i, (model, dtype) in enumerate((m, d) for m in models for d in dtypes):
+        groups.append(run_group(model, dtype, args, per_model.get(model, default_steps)))
+        write(final=i == len(models) * len(dtypes) - 1)
+    print(header + markdown(groups, args))
     return 0
 
 

@@ -94,7 +94,7 @@ class CifarResNet(nnx.Module):
         self.conv1 = conv(in_channels, stem, 3, 1, dtype, rngs)
         self.bn1 = bn(stem, dtype, rngs)
         blocks, c = [], stem
-        for depth, width, stride in zip(depths, widths, strides):
+        for depth, width, stride in zip(depths, widths, strides, strict=True):
             for b in range(depth):
                 blocks.append(BasicBlock(c, width, stride if b == 0 else 1, shortcut, dtype, rngs))
                 c = width

@@ -66,7 +66,8 @@ class BasicBlock(nn.Module):
         self.stride, self.extra = stride, planes - cin
         self.shortcut = nn.Sequential()
         if self.option == "B":
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False),
+                                          nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -88,7 +89,7 @@ class CifarResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         blocks, c = [], stem
-        for depth, width, stride in zip(depths, widths, strides):
+        for depth, width, stride in zip(depths, widths, strides, strict=True):
             for b in range(depth):
                 blocks.append(BasicBlock(c, width, stride if b == 0 else 1, option))
                 c = width

@@ -267,8 +267,9 @@ class ModelBench:
         net = create_model(model, rngs=seed, **overrides)
         table = summary(net, (c, h, w), name=model)
         self.steps, self.warmup = steps, warmup
-        self.result = BenchResult(variant=variant, model=model, batch=batch, dtype=dtype, input_shape=(c, h, w),
-                                  params=net.num_params(), macs_per_image=table.total_macs, steps=steps)
+        self.result = BenchResult(variant=variant, model=model, batch=batch, dtype=dtype,
+                                  input_shape=(c, h, w), params=net.num_params(),
+                                  macs_per_image=table.total_macs, steps=steps)
 
         rng = np.random.default_rng(seed)
         self.images = jnp.asarray(rng.integers(0, 256, (batch, c, h, w), dtype=np.uint8))
@@ -332,7 +333,9 @@ class ModelBench:
     @property
     def kinds(self) -> tuple[str, ...]:
         """The variants this bench times, in the order each round runs them."""
-        return ("train", "infer", "infer_unchecked") if self._infer_unchecked_exe is not None else ("train", "infer")
+        if self._infer_unchecked_exe is None:
+            return ("train", "infer")
+        return ("train", "infer", "infer_unchecked")
 
     def _run(self, kind: str, steps: int) -> None:
         if kind == "train":
@@ -516,8 +519,8 @@ def bench_from_cli(args: argparse.Namespace) -> int:
     env = report.env_after
     print(f"\njax {env['jax']} on {env['backend']} ({env['device']}, {env['cpu_count']} cores), "
           f"XLA_FLAGS={env['xla_flags'] or '(none)'}")
-    print(f"batch {args.batch}, median of {args.repeats} repeats × {args.steps} steps; fp32 {report.matmul_n}³ "
-          f"matmul peak {report.matmul_peak_gflops:.1f} GFLOP/s; load average "
+    print(f"batch {args.batch}, median of {args.repeats} repeats × {args.steps} steps; "
+          f"fp32 {report.matmul_n}³ matmul peak {report.matmul_peak_gflops:.1f} GFLOP/s; load average "
           f"{report.env_before['loadavg']} before, {env['loadavg']} after\n")
     print(format_table(report.results))
     print()

@@ -178,8 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArithmeticError as err:  # a NaN/Inf loss (jresnet.train.loop.NonFiniteLossError)
         print(f"jresnet {args.command}: stopped: {err}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print(f"jresnet {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # `train` says where it stopped and what it saved, in one line
+        print(f"jresnet {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 130
 
 

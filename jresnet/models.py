@@ -9,6 +9,7 @@ pooling (``final_bn``), as in He et al.'s "Identity Mappings" and Wide ResNets.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -90,7 +91,7 @@ class ResNetSpec:
                 f"ResNetSpec: depths, widths and strides need one entry per stage; got "
                 f"{len(self.depths)}, {len(self.widths)} and {len(self.strides)}"
             )
-        if self.block not in BLOCKS:
+        if not isinstance(self.block, str) or self.block not in BLOCKS:
             raise ValueError(f"ResNetSpec.block must be one of {sorted(BLOCKS)}; got {self.block!r}")
         if self.stem not in _STEMS:
             raise ValueError(f"ResNetSpec.stem must be one of {list(_STEMS)}; got {self.stem!r}")
@@ -100,9 +101,10 @@ class ResNetSpec:
             if not _is_int(getattr(self, name), 1):
                 raise ValueError(f"ResNetSpec.{name} must be an int >= 1; got {getattr(self, name)!r}")
         if isinstance(self.width_multiplier, bool) or not isinstance(self.width_multiplier, int | float) \
-                or not self.width_multiplier > 0:
+                or not 0 < self.width_multiplier < math.inf:
             raise ValueError(f"ResNetSpec.width_multiplier must be > 0; got {self.width_multiplier!r}")
-        if not isinstance(self.drop_path_rate, int | float) or not 0.0 <= self.drop_path_rate < 1.0:
+        if isinstance(self.drop_path_rate, bool) or not isinstance(self.drop_path_rate, int | float) \
+                or not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"ResNetSpec.drop_path_rate must be in [0, 1); got {self.drop_path_rate!r}")
         if self.stem == "deep" and self.stem_width < 2:
             raise ValueError(f"ResNetSpec.stem_width must be >= 2 for the deep stem (its first convs have "

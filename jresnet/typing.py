@@ -166,6 +166,8 @@ def shapechecked(method: F | None = None, *, layout: str = "NHWC") -> Any:
         check = getattr(self, "check_input", None)
         if check is not None:
             check(x, layout)
+        if isinstance(x, np.ndarray):  # the annotations say jax.Array; numpy input is fine too
+            x = jnp.asarray(x)
         entry = None
         if record and _recorder is not None:
             entry = CallRecord(self, tuple(x.shape), (), _depth)

@@ -96,7 +96,8 @@ def safe_loads_pickle(data: bytes, *, source: str = "<bytes>") -> Any:
         raise
     except _RefusedCodecError as error:
         raise UnsafePickleError(f"{source}: {error}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as error:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,
+            MemoryError, OverflowError, AttributeError) as error:  # absurd lengths, ops on allowed globals
         # numpy's own errors for a garbled array state land here too; report them against the file.
         raise ValueError(f"{source}: not a valid pickle: {type(error).__name__}: {error}") from None
 

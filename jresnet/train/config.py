@@ -126,14 +126,21 @@ def _describe(tp: Any) -> str:
     return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}"
 
 
-def _plain_data(key: str, value: Any) -> Any:
+_MAX_NESTING = 32
+
+
+def _plain_data(key: str, value: Any, depth: int = 0, root: str | None = None) -> Any:
     """A deep copy of ``value`` as plain YAML data (tuples become lists), so it saves and reloads equal."""
+    root = root or key
     if value is None or isinstance(value, bool | int | float | str):
         return value
+    if depth > _MAX_NESTING:  # also what a YAML alias that refers to itself looks like
+        raise ConfigError(f"{root} nests more than {_MAX_NESTING} levels deep (or a YAML alias refers to itself)",
+                          root)
     if isinstance(value, list | tuple):
-        return [_plain_data(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        return [_plain_data(f"{key}[{i}]", v, depth + 1, root) for i, v in enumerate(value)]
     if isinstance(value, Mapping):
-        return {str(k): _plain_data(f"{key}.{k}", v) for k, v in value.items()}
+        return {str(k): _plain_data(f"{key}.{k}", v, depth + 1, root) for k, v in value.items()}
     raise ConfigError(f"{key} must be plain YAML data (null, bool, number, string, list or mapping); "
                       f"got {value!r} ({type(value).__name__})", key)
 
@@ -146,7 +153,12 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
     if isinstance(value, bool) and tp is not bool:  # bool is an int subclass; `lr: true` is a mistake
         return _FAIL
     if tp is float:
-        return float(value) if isinstance(value, int | float) else _FAIL
+        if not isinstance(value, int | float):
+            return _FAIL
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond 1.8e308
+            raise ConfigError(f"{key} is too large for a float; got an int of {len(str(value))} digits", key) from None
     if origin is tuple:
         if not isinstance(value, list | tuple):
             return _FAIL
@@ -375,6 +387,8 @@ def _parse_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"invalid YAML in {where}{at}: {what}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"invalid YAML in {where}: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"invalid YAML in {where:.80}: nested too deeply") from None
 
 
 # --- loading -----------------------------------------------------------------------------------------

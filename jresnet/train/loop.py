@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
+import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -161,7 +162,39 @@ def _check_writable(run_dir: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise PermissionError(f"cannot write to the run folder {run_dir}: {err.strerror or err}") from None
+        # "Not a directory" alone does not say which path is the file in the way; name it.
+        blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker is not None else err.strerror or err
+        raise PermissionError(f"cannot write to the run folder {run_dir}: {why}") from None
+
+
+class _StopOnInterrupt:
+    """Turn the first Ctrl-C (SIGINT) during training into a request to stop at the next step boundary.
+
+    A KeyboardInterrupt raised wherever the signal lands could hit the moment the train step has been
+    dispatched (its input state donated, so deleted) but its result not yet assigned, or the middle of an
+    orbax save; then no consistent state is left to save. A second Ctrl-C raises at once, as usual.
+    Signal handlers can only be set in the main thread; elsewhere this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if threading.current_thread() is threading.main_thread():
+            previous = self._previous if self._previous is not None else signal.default_int_handler
+            signal.signal(signal.SIGINT, previous)
 
 
 class _Timer:
@@ -208,16 +241,17 @@ def train(cfg: RunConfig, *, verbose: bool = True) -> TrainResult:
     del model
     _check_resumable(run_dir, _fingerprint(cfg, data))
     _check_disk_space(run_dir, state, t.keep_checkpoints)
-    write_run_info(run_dir, config_to_dict(cfg), {
-        "devices": [str(d) for d in jax.devices()], "num_devices": dp.num_devices, "seed": t.seed,
-        "train_examples": len(data.train), "val_examples": len(data.val), "test_examples": len(data.test)})
     ckpts = Checkpoints(run_dir, t.keep_checkpoints)
     start = 0
-    restored = ckpts.restore_latest(state)
+    restored = ckpts.restore_latest(state, resuming=True)
     if restored is not None:
         state, start = restored
         if verbose:
             print(f"resuming {run_dir} from step {start}")
+    # Only now, once the folder's checkpoints are known to fit this config, may its config.yaml change.
+    write_run_info(run_dir, config_to_dict(cfg), {
+        "devices": [str(d) for d in jax.devices()], "num_devices": dp.num_devices, "seed": t.seed,
+        "train_examples": len(data.train), "val_examples": len(data.val), "test_examples": len(data.test)})
     truncate_after(run_dir, start)
     state = dp.replicate(state)
 
@@ -273,7 +307,7 @@ def train(cfg: RunConfig, *, verbose: bool = True) -> TrainResult:
 
     step = start
     try:
-        with progress:
+        with progress, _StopOnInterrupt() as stop:
             while step < total:
                 epoch, offset = divmod(step, per_epoch)
                 batches = prefetch(loader.epoch(epoch, start_step=offset),
@@ -291,17 +325,22 @@ def train(cfg: RunConfig, *, verbose: bool = True) -> TrainResult:
                         ckpts.save(step, state)
                     if step >= total:
                         break
+                    if stop.requested:  # Ctrl-C, seen at a step boundary: the state is whole
+                        raise KeyboardInterrupt
     except KeyboardInterrupt:
         flush()
         ckpts.save(step, state)
         ckpts.close()
         log.close()
-        print(f"\ninterrupted at step {step}: saved a checkpoint in {run_dir / 'checkpoints'}; run the same "
-              "command again to resume", file=sys.stderr)
-        raise
-    except NonFiniteLossError:
-        ckpts.close()
-        log.close()
+        # One line, which the CLI prints as it is; a script calling train() sees it in the exception.
+        raise KeyboardInterrupt(f"interrupted at step {step}: saved a checkpoint in {run_dir / 'checkpoints'}; "
+                                "run the same command again to resume") from None
+    except BaseException:  # NaN stop, full disk, anything: keep what is written, then report the error
+        for close in (ckpts.close, log.close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - the error being raised is the one to report
+                pass
         raise
     train_seconds = timer.elapsed
     ckpts.wait()

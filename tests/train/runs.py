@@ -22,19 +22,15 @@ import numpy as np
 SMALL = ["model.overrides={depths: [1, 1, 1]}", "train.batch_size=64", "train.progress=false",
          "train.epochs=null", "train.log_every=1"]
 RUN_NAME = "digits_resnet20"  # the default run name: every run folder below is out_dir/RUN_NAME
+PRISTINE_ARGS = ("train.steps=6", "train.checkpoint_every=2", "train.eval_every=3")
+"""The shared small run (the ``pristine_run`` fixture): checkpoints at 2, 4 and 6, validation at 3 and 6.
+Tests that rerun it with these same arguments hit the compiled step in XLA's persistent cache."""
 WALL_CLOCK_KEYS = frozenset({"time", "images_per_second"})  # the only metrics allowed to differ between runs
 JRESNET = str(Path(sys.executable).with_name("jresnet"))
 
 
 def overrides(out_dir: Path, *extra: str) -> list[str]:
     return [*SMALL, f"train.out_dir={out_dir}", *extra]
-
-
-def enable_compilation_cache() -> None:
-    """The CLI's persistent XLA cache, for in-process runs too: a repeated train step compiles in ~2 s, not ~15."""
-    from jresnet.cli import enable_compilation_cache as enable
-
-    enable()
 
 
 # --- a `jresnet train` subprocess -------------------------------------------------------------------
@@ -87,6 +83,11 @@ class TrainProcess:
         self.proc.wait()
         raise AssertionError(f"the awaited moment did not come in {timeout} s\n{self.describe()}")
 
+    def training_past(self, step: int) -> bool:
+        """Whether this process has trained past ``step``: metrics.jsonl may still hold the steps of a killed
+        run until this one has resumed and truncated it, which it has done once it reports its compile."""
+        return "train step compiled in" in self.stdout and last_train_step(self.run_dir) >= step
+
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
@@ -119,7 +120,21 @@ def complete_checkpoints(folder: Path) -> list[int]:
 
 def tmp_checkpoints(folder: Path) -> list[str]:
     """Checkpoints orbax is writing (or was writing when the process died): ``<step>.orbax-checkpoint-tmp*``."""
-    return sorted(p.name for p in folder.iterdir() if "tmp" in p.name) if folder.is_dir() else []
+    return sorted(tmp_folders(folder))
+
+
+def tmp_folders(folder: Path) -> dict[str, int]:
+    """`tmp_checkpoints` with the inode of each: orbax deletes and remakes a tmp folder of the same name when
+    it writes that step again, so the name alone cannot tell a fresh write from a leftover of a killed run.
+    (Not ctime: that changes with every file written into the folder.)"""
+    found = {}
+    for p in folder.iterdir() if folder.is_dir() else ():
+        if "tmp" in p.name:
+            try:
+                found[p.name] = p.stat().st_ino
+            except FileNotFoundError:  # renamed by orbax just now
+                continue
+    return found
 
 
 # --- comparing runs ---------------------------------------------------------------------------------
