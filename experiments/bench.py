@@ -184,7 +184,8 @@ def _median(values: list[float] | None) -> float:
 
 
 def _paired_ratio(a: Worker, b: Worker, kind: str) -> dict[str, float] | None:
-    """Median, min and max over rounds of (b's seconds / a's seconds): a's speed relative to b."""
+    """Median, min and max over rounds of (b's seconds / a's seconds), i.e. a's speed over b's
+    (> 1: ``a`` is faster), with the number of rounds."""
     ta, tb = a.times.get(kind, []), b.times.get(kind, [])
     ratios = [y / x for x, y in zip(ta, tb, strict=False) if x > 0]
     if not ratios:
@@ -274,8 +275,9 @@ def run_group(model: str, dtype: str, args: argparse.Namespace, steps: int) -> d
     """Start one group's workers, run the interleaved rounds, stop them; returns the group's record."""
     workers = build_workers(model, dtype, args, steps)
     group: dict[str, Any] = {"model": model, "dtype": dtype, "batch": args.batch, "input": list(args.input),
-                             "steps": steps, "loadavg_rounds": [], "busy_rounds": [], "waited_rounds": [],
-                             "peak_s": []}
+                             "steps": steps, "repeats": args.repeats, "matmul_n": args.matmul_n,
+                             "xla_flags": args.xla_flags, "xla_flags_env": os.environ.get("XLA_FLAGS", ""),
+                             "loadavg_rounds": [], "busy_rounds": [], "waited_rounds": [], "peak_s": []}
     try:
         for w in workers:
             print(f"[{model} {dtype}] starting {w.label} ...", file=sys.stderr, flush=True)
@@ -350,7 +352,7 @@ def summarize(workers: list[Worker], group: dict[str, Any], batch: int) -> list[
             row["paired_vs_flax_ref"] = {k: _paired_ratio(w, by_label[partner], k) for k in KINDS}
         base = w.label.replace(" [flags]", "")
         if w.flags and base in by_label and w.label in by_label:
-            row["paired_flags_vs_default"] = {k: _paired_ratio(by_label[base], w, k) for k in KINDS}
+            row["paired_flags_vs_default"] = {k: _paired_ratio(w, by_label[base], k) for k in KINDS}
         if "infer_unchecked" in w.times:
             row["paired_checks_on_vs_off_infer"] = _paired_ratio_kinds(w, "infer_unchecked", "infer")
         rows.append(row)
@@ -365,7 +367,7 @@ def _paired_ratio_kinds(w: Worker, slow: str, fast: str) -> dict[str, float] | N
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "n": len(ratios)}
 
 
-def markdown(groups: list[dict[str, Any]], args: argparse.Namespace) -> str:
+def markdown(groups: list[dict[str, Any]]) -> str:
     """The report: the main table, then the paired ratios, then the conditions."""
     lines = [
         "| variant | model | input | dtype | train img/s | × torch eager CL | × torch.compile | infer img/s "
@@ -413,14 +415,35 @@ def markdown(groups: list[dict[str, Any]], args: argparse.Namespace) -> str:
             extra += f"; jresnet with checks on failed: {jr['checks_error'][:160]}"
         busy = ", ".join(f"{x:.2f}" for x in g["busy_rounds"])
         lines.append(f"- {g['model']} {'x'.join(map(str, g['input']))} {g['dtype']} batch {g['batch']}, "
-                     f"{args.repeats} rounds × {g['steps']} steps: 1-min load average per round {loads}; "
+                     f"{g['repeats']} rounds × {g['steps']} steps: 1-min load average per round {loads}; "
                      f"cores busy with other processes at each round's start {busy}; "
-                     f"fp32 {args.matmul_n}³ matmul peak {_fmt(g['peak_gflops'])} GFLOP/s{extra}")
+                     f"fp32 {g['matmul_n']}³ matmul peak {_fmt(g['peak_gflops'])} GFLOP/s{extra}")
     lines.append("- bg cores: median number of cores other processes kept busy in the 0.2 s before each of "
                  "the row's timed repeats (our workers idle); 2 cores in all")
-    lines.append(f"- [flags] = XLA_FLAGS={args.xla_flags!r}; other JAX rows: XLA_FLAGS="
-                 f"{os.environ.get('XLA_FLAGS', '')!r}")
+    for flags, env in sorted({(g.get("xla_flags", ""), g.get("xla_flags_env", "")) for g in groups}):
+        lines.append(f"- [flags] = XLA_FLAGS={flags!r}; other JAX rows: XLA_FLAGS={env!r}")
     return "\n".join(lines)
+
+
+def load_groups(paths: list[str]) -> list[dict[str, Any]]:
+    """The groups of earlier runs' JSON files, with their rows recomputed from the raw timings."""
+    groups = []
+    for path in paths:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        for g in record["groups"]:
+            for key in ("repeats", "matmul_n", "xla_flags"):
+                g.setdefault(key, record["args"][key])
+            g.setdefault("xla_flags_env", record.get("xla_flags_env", ""))
+            g["peak_gflops"] = g.get("peak_gflops") if g.get("peak_gflops") is not None else math.nan
+            workers = []
+            for label, stored in g["workers"].items():
+                w = Worker(label, label.replace(" [flags]", ""), "[flags]" in label, [], {})
+                w.info, w.times, w.error = stored["info"], stored["times"], stored["error"]
+                w.busy = [math.nan if b is None else b for b in stored.get("busy_cores", [])]
+                workers.append(w)
+            g["rows"] = summarize(workers, g, g["batch"])
+            groups.append(g)
+    return groups
 
 
 def _parse_input(text: str) -> tuple[int, int, int]:
@@ -457,8 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", type=float, default=0.5,
                         help="before each round, wait until other processes use fewer cores (0: never)")
     parser.add_argument("--max-wait", type=float, default=60.0, help="longest wait per round, seconds")
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--markdown", default=None)
+    parser.add_argument("--json", default=None, help="write the results (raw timings included) here")
+    parser.add_argument("--markdown", default=None, help="write the report's tables here")
+    parser.add_argument("--render", nargs="+", default=None, metavar="JSON",
+                        help="measure nothing: recompute and merge the reports of earlier --json files")
     # worker mode (internal)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -468,6 +493,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return jresnet_worker(args)
 
+    if args.render:
+        groups = load_groups(args.render)
+        report = markdown(groups)
+        header = f"Merged from {', '.join(Path(p).name for p in args.render)}\n\n"
+        print(header + report)
+        if args.markdown:
+            Path(args.markdown).write_text(header + report + "\n", encoding="utf-8")
+        if args.json:
+            merged = {"merged_from": args.render, "groups": groups, "markdown": report}
+            Path(args.json).write_text(json.dumps(_clean(merged), indent=2, default=str, allow_nan=False) + "\n",
+                                       encoding="utf-8")
+        return 0
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = set(args.variants) - set(ALL_VARIANTS)
     if unknown:
@@ -485,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def write(final: bool) -> str:
         """Write the report so far (after every group, so that a long run leaves partial results)."""
-        report = markdown(groups, args)
+        report = markdown(groups)
         if args.markdown:
             Path(args.markdown).write_text(header + report + "\n", encoding="utf-8")
         if args.json:
@@ -503,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, (model, dtype) in enumerate((m, d) for m in models for d in dtypes):
         groups.append(run_group(model, dtype, args, per_model.get(model, default_steps)))
         write(final=i == len(models) * len(dtypes) - 1)
-    print(header + markdown(groups, args))
+    print(header + markdown(groups))
     return 0
 
 

@@ -30,7 +30,8 @@ from jresnet.layers import (
     to_nchw,
     to_nhwc,
 )
-from jresnet.typing import require_images, shapechecked
+from jresnet.shapes import collapse_message
+from jresnet.typing import ShapeError, require_images, shapechecked
 
 __all__ = ["BLOCKS", "ResNet", "ResNetSpec"]
 
@@ -199,6 +200,40 @@ class ResNet(NCHWModule):
 
     def check_input(self, x: Any, layout: str = "NHWC") -> None:
         require_images(x, "ResNet input", self.in_channels, layout=layout)
+        h, w = (x.shape[2], x.shape[3]) if layout == "NCHW" else (x.shape[1], x.shape[2])
+        self._check_downsampling(h, w)
+
+    def _downsampling_path(self) -> list[Any]:
+        """The stem's layers and each stage's strided conv, in the order a forward pass meets them."""
+        layers = list(self.conv1) if isinstance(self.conv1, nnx.List) else [self.conv1]
+        layers = [m for m in layers if hasattr(m, "geometry")]
+        if self.maxpool is not None:
+            layers.append(self.maxpool)
+        for name in self.stage_names:
+            first = getattr(self, name)[0]
+            layers += [c for c in (getattr(first, f"conv{i}", None) for i in (1, 2, 3))
+                       if c is not None and c.geometry.stride > 1]
+        return layers
+
+    def _check_downsampling(self, h: int, w: int) -> None:
+        """A stride-S layer that receives a 1-pixel map downsamples nothing: the image is too small."""
+        path = self._downsampling_path()
+        total = math.prod(m.geometry.stride for m in path)
+        size, collapsed_at = (h, w), "the input"
+        for m in path:
+            g = m.geometry
+            if g.stride > 1 and min(size) == 1:
+                lo, hi = g.pads(size[0])
+                pad = str(lo) if lo == hi else f"({lo},{hi})"
+                raise ShapeError(collapse_message(m.path, f"{type(m).__name__}, K/S/P={g.kernel}/{g.stride}/{pad}",
+                                                  size, collapsed_at, g.stride, total, (h, w)))
+            try:
+                new = (m.geometry.out_size(size[0]), m.geometry.out_size(size[1]))
+            except ValueError:
+                return  # the layer itself reports a window that does not fit, with its arithmetic
+            if min(new) == 1 and min(size) > 1:
+                collapsed_at = m.path
+            size = new
 
     def _stem_nhwc(self, x: jax.Array) -> jax.Array:
         if isinstance(self.conv1, nnx.List):

@@ -124,6 +124,15 @@ class ConvGeometry:
         return "\n".join(lines)
 
 
+def collapse_message(layer: str, geometry_text: str, seen_hw: tuple[int, int], collapsed_at: str, stride: int,
+                     total_stride: int, input_hw: tuple[int, int]) -> str:
+    """The words for a downsampling layer that receives a map already collapsed to one pixel."""
+    return (f"{layer} ({geometry_text}) receives a {seen_hw[0]}×{seen_hw[1]} map: the feature map collapsed to a "
+            f"single pixel at {collapsed_at}, so this stride-{stride} layer has nothing left to downsample. "
+            f"out = floor((in - K + 2P)/S) + 1 stays 1 from here on. The model's total stride is {total_stride}: "
+            f"feed at least {total_stride}×{total_stride} images (got {input_hw[0]}×{input_hw[1]}).")
+
+
 def out_size(n: int, kernel: int, stride: int = 1, padding: PaddingSpec = 0, dilation: int = 1) -> int:
     """Output size of a convolution or pooling window along one axis."""
     return ConvGeometry(kernel, stride, padding, dilation).out_size(n)
@@ -184,6 +193,7 @@ def output_hw(hw: tuple[int, int], geometry: ConvGeometry) -> tuple[int, int]:
 
 __all__ = [
     "ConvGeometry",
+    "collapse_message",
     "PaddingSpec",
     "ReceptiveField",
     "explain",

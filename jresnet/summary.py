@@ -16,6 +16,7 @@ from flax import nnx
 
 from jresnet.blocks import ResidualBlock, ShortcutOptionA
 from jresnet.layers import AvgPool2d, BatchNorm2d, Conv2d, Linear, MaxPool2d, NCHWModule
+from jresnet.shapes import collapse_message
 from jresnet.typing import CallRecord, ShapeError, recording, set_checks
 
 __all__ = ["LayerRow", "Summary", "check_model", "summary"]
@@ -181,13 +182,9 @@ def check_model(model: NCHWModule, input_shape: Sequence[int], *, name: str | No
     for row in result.rows:
         if row.stride > 1 and len(row.in_shape) == 3 and min(row.in_shape[1:]) == 1:
             last = next((r for r in result.rows if r.ksp and min(r.out_shape[1:]) == 1), row)
-            total = _total_stride(result.rows)
-            raise ShapeError(
-                f"{row.path} ({row.kind}, K/S/P={row.ksp}) receives a {row.in_shape[1]}×{row.in_shape[2]} map: the "
-                f"feature map collapsed to a single pixel at {last.path}, so this stride-{row.stride} layer has "
-                f"nothing left to downsample. out = floor((in - K + 2P)/S) + 1 stays 1 from here on. The model's "
-                f"total stride is {total}: feed at least {total}×{total} images (got {input_shape[1]}×{input_shape[2]})."
-            )
+            raise ShapeError(collapse_message(row.path, f"{row.kind}, K/S/P={row.ksp}", row.in_shape[1:],
+                                              last.path, row.stride, _total_stride(result.rows),
+                                              tuple(input_shape[1:])))
     return result
 
 

@@ -364,3 +364,17 @@ def test_stage_widths_and_structure() -> None:
     assert isinstance(model.fc, Linear) and model.fc.in_features == 512
     assert model.num_features == 512
     assert _abstract("resnet50").num_features == 2048
+
+
+def test_a_tiny_image_into_resnet50_is_a_shape_error() -> None:
+    """4×4 into resnet50: conv1 7/2/3 gives 2, the maxpool 1, so layer2.0.conv2 (stride 2) gets 1×1."""
+    import jax
+    import jax.numpy as jnp
+
+    import jresnet
+
+    model = jresnet.create_model("resnet50")
+    with pytest.raises(jresnet.ShapeError, match=r"layer2\.0\.conv2 .* receives a 1×1 map.*collapsed.*at maxpool"):
+        jax.eval_shape(model, jax.ShapeDtypeStruct((1, 3, 4, 4), jnp.float32))
+    # 31×31 still gives every stride-2 layer two pixels: ceil halving, 31 -> 16 -> 8 -> 8 -> 4 -> 2 -> 1
+    assert jax.eval_shape(model, jax.ShapeDtypeStruct((1, 3, 31, 31), jnp.float32)).shape == (1, 1000)
