@@ -374,6 +374,7 @@ def test_a_tiny_image_into_resnet50_is_a_shape_error() -> None:
     import jresnet
 
     model = jresnet.create_model("resnet50")
+    model.eval()  # no BatchNorm updates inside eval_shape
     with pytest.raises(jresnet.ShapeError, match=r"layer2\.0\.conv2 .* receives a 1×1 map.*collapsed.*at maxpool"):
         jax.eval_shape(model, jax.ShapeDtypeStruct((1, 3, 4, 4), jnp.float32))
     # 31×31 still gives every stride-2 layer two pixels: ceil halving, 31 -> 16 -> 8 -> 8 -> 4 -> 2 -> 1
