@@ -13,7 +13,7 @@ What it measures, per model, dtype and input size (medians of ``--repeats`` time
 - **compile s**: JAX: trace + lower + compile of the train step; torch: the first train call.
 - **GFLOP/s** and **% of matmul peak**: FLOPs from jresnet's layer shapes (2 × summary MACs per image
   forward, ×3 for a train step) over the median time, against the fp32 2048³ matmul peak measured in
-  the jresnet worker in every round.
+  the jresnet worker after every worker's turn in every round (median; the best is reported too).
 - **ratios**: train (and infer) img/s against torch eager channels_last and torch.compile of the same
   model, dtype and input; jresnet against flax-ref and ``[flags]`` against default flags as the median
   of per-round ratios (each round runs both, so the pair shares the machine's state).
@@ -35,6 +35,10 @@ Run (torch optional; see `experiments/torch_reference.py` for its venv)::
         --repeats 5 --steps 5,resnet18_cifar=2 --xla-flags=$FLAG \\
         --torch-python /work/torchvenv/bin/python --json out.json --markdown out.md
     .venv/bin/python experiments/bench.py --models resnet20 --input 1x8x8 --xla-flags=...   # the digits size
+
+``--baseline DIR`` adds ``jresnet-before``: the same jresnet worker importing ``jresnet`` from DIR, a
+checkout of an older commit (``git worktree add /tmp/jresnet-before <commit>``), so a change's before and
+after are timed in one interleaved run and reported as a paired ratio.
 
 ``--variants jresnet,flax-ref`` picks a subset; without ``--torch-python`` the torch venv is used when
 ``/work/torchvenv/bin/python`` exists (``--no-torch`` skips torch).
@@ -60,6 +64,7 @@ DEFAULT_TORCH_PYTHON = "/work/torchvenv/bin/python"
 TORCH_VARIANTS = ("eager", "eager_cl", "compile_cl")
 ALL_VARIANTS = ("jresnet", "flax-ref", "torch-eager", "torch-eager_cl", "torch-compile_cl")
 EAGER_CL, COMPILED = "torch-eager_cl", "torch-compile_cl"
+BEFORE = "jresnet-before"
 KINDS = ("train", "infer")
 
 
@@ -260,6 +265,9 @@ def build_workers(model: str, dtype: str, args: argparse.Namespace, steps: int) 
             extra = ["--peak"] if not flags else []
             extra += ["--checks-overhead"] if not flags else []
             workers.append(Worker(f"jresnet{tag}", "jresnet", flags, me + extra, env))
+        if args.baseline:  # the same worker importing jresnet from an older checkout: before/after in one run
+            before_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [args.baseline, env.get("PYTHONPATH")]))}
+            workers.append(Worker(f"{BEFORE}{tag}", BEFORE, flags, me, before_env))
         if "flax-ref" in args.variants:
             workers.append(Worker(f"flax-ref{tag}", "flax-ref", flags, ref, env))
     if args.torch_python:
@@ -301,10 +309,11 @@ def run_group(model: str, dtype: str, args: argparse.Namespace, steps: int) -> d
                         continue
                     w.busy.append(busy_cores(0.2))
                     w.request(kind, steps)
-            if peak_worker is not None and not peak_worker.error:
-                seconds = peak_worker.request("peak")
-                if seconds is not None:
-                    group["peak_s"].append(seconds)
+                # the matmul peak after every worker, so that it samples the same conditions they met
+                if peak_worker is not None and not peak_worker.error:
+                    seconds = peak_worker.request("peak")
+                    if seconds is not None:
+                        group["peak_s"].append(seconds)
             print(f"[{model} {dtype}] round {rnd + 1}/{args.repeats}: load average "
                   f"{group['loadavg_rounds'][-1]:.2f}, others busy {busy:.2f} cores (waited {waited:.0f} s)",
                   file=sys.stderr, flush=True)
@@ -313,10 +322,11 @@ def run_group(model: str, dtype: str, args: argparse.Namespace, steps: int) -> d
         for w in workers:
             w.stop()
     if peak_worker is not None and group["peak_s"]:
-        n = args.matmul_n
-        group["peak_gflops"] = 2.0 * n**3 / _median(group["peak_s"]) / 1e9
+        flops = 2.0 * args.matmul_n**3
+        group["peak_gflops"] = flops / _median(group["peak_s"]) / 1e9
+        group["peak_best_gflops"] = flops / min(group["peak_s"]) / 1e9
     else:
-        group["peak_gflops"] = math.nan
+        group["peak_gflops"] = group["peak_best_gflops"] = math.nan
     group["workers"] = {w.label: {"info": w.info, "times": w.times, "busy_cores": w.busy, "error": w.error}
                         for w in workers}
     group["rows"] = summarize(workers, group, args.batch)
@@ -332,7 +342,8 @@ def summarize(workers: list[Worker], group: dict[str, Any], batch: int) -> list[
     for w in workers:
         train_s, infer_s = _median(w.times.get("train")), _median(w.times.get("infer"))
         row: dict[str, Any] = {
-            "variant": w.info.get("variant", w.label) + (" [flags]" if w.flags else ""), "label": w.label,
+            "variant": w.label if w.kind == BEFORE else w.info.get("variant", w.label) + (" [flags]" * w.flags),
+            "label": w.label,
             "model": group["model"], "dtype": group["dtype"], "input": "x".join(map(str, group["input"])),
             "batch": batch, "train_img_s": batch / train_s, "infer_img_s": batch / infer_s,
             "compile_s": w.info.get("lower_train_s", 0.0) + w.info.get("compile_train_s", math.nan),
@@ -350,6 +361,9 @@ def summarize(workers: list[Worker], group: dict[str, Any], batch: int) -> list[
         partner = {"jresnet": "flax-ref", "jresnet [flags]": "flax-ref [flags]"}.get(w.label)
         if partner in by_label and w.label in by_label:
             row["paired_vs_flax_ref"] = {k: _paired_ratio(w, by_label[partner], k) for k in KINDS}
+        before = w.label.replace("jresnet", BEFORE) if w.kind == "jresnet" else None
+        if before in by_label and w.label in by_label:
+            row["paired_vs_before"] = {k: _paired_ratio(w, by_label[before], k) for k in KINDS}
         base = w.label.replace(" [flags]", "")
         if w.flags and base in by_label and w.label in by_label:
             row["paired_flags_vs_default"] = {k: _paired_ratio(w, by_label[base], k) for k in KINDS}
@@ -397,6 +411,10 @@ def markdown(groups: list[dict[str, Any]]) -> str:
                 ref = "flax-ref [flags]" if "[flags]" in r["label"] else "flax-ref"
                 lines.append(f"{where}| {r['label']} / {ref} "
                              f"| {_fmt_ratio(p['train'])} | {_fmt_ratio(p['infer'])} |")
+            if r.get("paired_vs_before"):
+                p = r["paired_vs_before"]
+                lines.append(f"{where}| {r['label']} / {r['label'].replace('jresnet', BEFORE)} "
+                             f"| {_fmt_ratio(p['train'])} | {_fmt_ratio(p['infer'])} |")
             if r.get("paired_flags_vs_default"):
                 p = r["paired_flags_vs_default"]
                 lines.append(f"{where}| {r['label']} / {r['label'].replace(' [flags]', '')} "
@@ -417,7 +435,8 @@ def markdown(groups: list[dict[str, Any]]) -> str:
         lines.append(f"- {g['model']} {'x'.join(map(str, g['input']))} {g['dtype']} batch {g['batch']}, "
                      f"{g['repeats']} rounds × {g['steps']} steps: 1-min load average per round {loads}; "
                      f"cores busy with other processes at each round's start {busy}; "
-                     f"fp32 {g['matmul_n']}³ matmul peak {_fmt(g['peak_gflops'])} GFLOP/s{extra}")
+                     f"fp32 {g['matmul_n']}³ matmul peak {_fmt(g['peak_gflops'])} GFLOP/s (median of "
+                     f"{len(g['peak_s'])}, best {_fmt(g.get('peak_best_gflops', math.nan))}){extra}")
     lines.append("- bg cores: median number of cores other processes kept busy in the 0.2 s before each of "
                  "the row's timed repeats (our workers idle); 2 cores in all")
     for flags, env in sorted({(g.get("xla_flags", ""), g.get("xla_flags_env", "")) for g in groups}):
@@ -434,7 +453,9 @@ def load_groups(paths: list[str]) -> list[dict[str, Any]]:
             for key in ("repeats", "matmul_n", "xla_flags"):
                 g.setdefault(key, record["args"][key])
             g.setdefault("xla_flags_env", record.get("xla_flags_env", ""))
-            g["peak_gflops"] = g.get("peak_gflops") if g.get("peak_gflops") is not None else math.nan
+            flops, peak_s = 2.0 * g["matmul_n"] ** 3, g.get("peak_s") or []
+            g["peak_gflops"] = flops / _median(peak_s) / 1e9 if peak_s else math.nan
+            g["peak_best_gflops"] = flops / min(peak_s) / 1e9 if peak_s else math.nan
             workers = []
             for label, stored in g["workers"].items():
                 w = Worker(label, label.replace(" [flags]", ""), "[flags]" in label, [], {})
@@ -476,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-python", default=None,
                         help=f"python with torch (default {DEFAULT_TORCH_PYTHON} when present)")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--baseline", default=None, metavar="DIR",
+                        help="also time jresnet imported from DIR (e.g. a `git worktree` of an older commit), "
+                             "as jresnet-before, with paired after/before ratios")
     parser.add_argument("--matmul-n", type=int, default=2048)
     parser.add_argument("--quiet", type=float, default=0.5,
                         help="before each round, wait until other processes use fewer cores (0: never)")

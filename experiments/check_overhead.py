@@ -57,7 +57,7 @@ def main() -> None:
     same_program = hlo["checks on"] == hlo["checks off"]
 
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for label, fn in fns.items():  # warm up
+    for fn in fns.values():  # warm up
         jax.block_until_ready(fn(params, stats, x))
     for _ in range(args.repeats):
         for label, fn in fns.items():  # alternate, so machine drift hits both

@@ -364,7 +364,8 @@ class ModelBench:
 
 
 def environment() -> dict[str, Any]:
-    """What the numbers depend on: versions, backend, device, XLA_FLAGS, cores and the load average."""
+    """What the numbers depend on: versions, backend, device, XLA_FLAGS, the persistent compilation
+    cache, cores and the load average."""
     device = jax.devices()[0]
     return {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -372,6 +373,7 @@ def environment() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "device": getattr(device, "device_kind", str(device)),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "compilation_cache_dir": jax.config.jax_compilation_cache_dir,  # a warm cache shortens compile s
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -38,7 +38,8 @@ def enable_compilation_cache() -> None:
     import jax
 
     if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "jresnet", "xla"))
+        cache = os.path.join(os.path.expanduser("~"), ".cache", "jresnet", "xla")
+        jax.config.update("jax_compilation_cache_dir", cache)
 
 
 def _parse_chw(text: str) -> tuple[int, int, int]:

@@ -22,6 +22,8 @@ from flax import nnx
 from jax import lax
 from jaxtyping import Array, Float
 
+from jresnet.conv_core import conv2d_nhwc
+from jresnet.norm_core import batch_norm_train, batch_stats
 from jresnet.shapes import ConvGeometry, PaddingSpec
 from jresnet.typing import ShapeError, fmt_nchw, require_images, shapechecked
 
@@ -168,15 +170,8 @@ class Conv2d(NCHWModule):
     def forward_nhwc(self, x: Float[Array, "B H W C"]) -> Float[Array, "B H2 W2 {self.out_channels}"]:
         g = self.geometry
         pads = [g.pads(x.shape[1]), g.pads(x.shape[2])]
-        y = lax.conv_general_dilated(
-            x,
-            self.weight[...].astype(x.dtype),
-            window_strides=(g.stride, g.stride),
-            padding=pads,
-            rhs_dilation=(g.dilation, g.dilation),
-            dimension_numbers=("NHWC", "OIHW", "NHWC"),
-            feature_group_count=self.groups,
-        )
+        y = conv2d_nhwc(x, self.weight[...].astype(x.dtype), stride=g.stride, padding=pads, dilation=g.dilation,
+                        groups=self.groups)
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         expected = (x.shape[0], *self.output_hw(x.shape[1], x.shape[2]), self.out_channels)
@@ -226,13 +221,14 @@ class BatchNorm2d(NCHWModule):
         if self.use_running_average:
             mean, var = self.running_mean[...], self.running_var[...]
         else:
-            mean = jnp.mean(x32, axis=(0, 1, 2))
-            var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2))
+            mean, var = batch_stats(lax.stop_gradient(x32))
             n = x.shape[0] * x.shape[1] * x.shape[2]
             unbiased = var * (n / max(n - 1, 1))
             m = self.momentum
-            self.running_mean[...] = m * self.running_mean[...] + (1 - m) * lax.stop_gradient(mean)
-            self.running_var[...] = m * self.running_var[...] + (1 - m) * lax.stop_gradient(unbiased)
+            self.running_mean[...] = m * self.running_mean[...] + (1 - m) * mean
+            self.running_var[...] = m * self.running_var[...] + (1 - m) * unbiased
+            # the same statistics again, differentiably: XLA computes them once; the gradient is norm_core's
+            return batch_norm_train(x32, self.weight[...], self.bias[...], self.eps).astype(x.dtype)
         scale = self.weight[...] * lax.rsqrt(var + self.eps)
         shift = self.bias[...] - mean * scale
         return (x32 * scale + shift).astype(x.dtype)

@@ -365,7 +365,8 @@ def train(cfg: RunConfig, *, verbose: bool = True) -> TrainResult:
         print(f"done: test accuracy {test['accuracy']:.4f} ({test['count']} examples, checkpoint of step "
               f"{best[1] if best else step}), best val accuracy {ckpts.best_accuracy:.4f}")
         print(f"training wall time {train_seconds:.1f} s for {trained} steps ({result.images_per_second:.0f} images/s, "
-              f"data wait {100 * result.data_wait_fraction:.1f}%), compile {compile_seconds:.1f} s; run folder {run_dir}")
+              f"data wait {100 * result.data_wait_fraction:.1f}%), compile {compile_seconds:.1f} s; "
+              f"run folder {run_dir}")
     return result
 
 
