@@ -279,7 +279,9 @@ class _Pool2d(NCHWModule):
     def _window(self, x: jax.Array, init: float, op: Any) -> jax.Array:
         g = self.geometry
         pads = ((0, 0), self.pads(x.shape[1]), self.pads(x.shape[2]), (0, 0))
-        return lax.reduce_window(x, jnp.asarray(init, x.dtype), op, (1, g.kernel, g.kernel, 1),
+        # a numpy scalar, not a jnp one: JAX recognises (lax.max, -inf) and (lax.add, 0) as its differentiable
+        # max- and sum-pool only when the initial value is a concrete constant; a traced one has no gradient
+        return lax.reduce_window(x, np.array(init, x.dtype), op, (1, g.kernel, g.kernel, 1),
                                  (1, g.stride, g.stride, 1), pads)
 
 

@@ -84,3 +84,26 @@ def test_eval_counts_only_masked_rows() -> None:
     assert float(full["count"]) == 16 and float(half["count"]) == 8
     np.testing.assert_allclose(float(half["correct"]), float(first["correct"]))
     np.testing.assert_allclose(float(half["loss"]), float(first["loss"]), rtol=1e-5)
+
+
+# One step of every stem and shortcut family: ImageNet stem with max pool (resnet18), bottlenecks with
+# projection shortcuts (resnet50), ResNet-D's deep stem and avg-pool shortcut, pre-activation blocks.
+# Shrunk so that each compiles in seconds; a max pool without a gradient once broke every one of these.
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet50d", "preact_resnet18"])
+def test_one_train_step_of_each_model_family_moves_every_parameter(name: str) -> None:
+    model = create_model(name, depths=(1, 1, 1, 1), width_multiplier=0.25, num_classes=4)
+    tx = optax.sgd(0.1, momentum=0.9)
+    graphdef, state = create_state(model, tx, seed=0, ema=False)
+    step = make_train_step(graphdef, tx, optax.constant_schedule(0.1), mean=[0.5] * 3, std=[0.25] * 3,
+                           crop_padding=0, flip=False, label_smoothing=0.0, precision="fp32", ema_decay=None,
+                           skip_nonfinite=False)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 4, (4,), dtype=np.int32))
+    before = jax.tree.map(np.asarray, state.params)
+    after, metrics = step(state, images, labels)
+    assert bool(metrics["finite"])
+    unchanged = [jax.tree_util.keystr(path) for (path, u), v in
+                 zip(jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after.params), strict=True)
+                 if np.array_equal(u, v)]
+    assert not unchanged, f"no gradient reached {unchanged}"
