@@ -303,7 +303,7 @@ def train(cfg: RunConfig, *, verbose: bool = True) -> TrainResult:
         if state.ema_params is not None:
             ema = evaluate(eval_step, state.ema_params, state.ema_batch_stats, data.val, t.batch_size, dp)
             log.log("ema_val", step, **ema)
-        ckpts.save_if_best(step, state, val["accuracy"])
+        ckpts.save_if_best(step, state, val["accuracy"], val["loss"])
 
     step = start
     try:

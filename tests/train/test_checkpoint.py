@@ -7,6 +7,7 @@ status and its stderr.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -231,3 +232,23 @@ def test_a_completed_but_unsealed_checkpoint_gets_its_manifest_when_restored(tmp
     _, step = restored.restore_latest(state, resuming=True)
     assert step == 2 and manifest.exists()
     restored.close()
+
+
+def test_best_breaks_accuracy_ties_by_lower_validation_loss(tmp_path: Path) -> None:
+    """A plateau of equal accuracies keeps moving the best checkpoint to the lower-loss model."""
+    state = {"w": jnp.arange(4.0)}
+    ckpts = Checkpoints(tmp_path, 3)
+    assert ckpts.save_if_best(10, state, 0.9, 0.50)
+    assert not ckpts.save_if_best(20, state, 0.8, 0.10)  # lower accuracy loses whatever its loss
+    assert ckpts.save_if_best(30, state, 0.9, 0.40)  # same accuracy, lower loss: the new best
+    assert not ckpts.save_if_best(40, state, 0.9, 0.40)  # a full tie keeps the earlier one
+    assert not ckpts.save_if_best(50, state, 0.9, 0.45)
+    assert ckpts.save_if_best(60, state, 0.95, 9.0)  # higher accuracy wins whatever its loss
+    ckpts.save(60, state)
+    ckpts.close()
+    record = json.loads((tmp_path / "best.json").read_text())
+    assert record == {"step": 60, "val_accuracy": 0.95, "val_loss": 9.0}
+    again = Checkpoints(tmp_path, 3)  # a resumed run knows both
+    assert (again.best_accuracy, again.best_loss) == (0.95, 9.0)
+    assert again.save_if_best(70, state, 0.95, 8.0) and not again.save_if_best(80, state, 0.95, 8.5)
+    again.close()
