@@ -429,6 +429,9 @@ def markdown(groups: list[dict[str, Any]]) -> str:
         extra = ""
         if jr.get("checks_hlo_identical") is not None:
             extra = f"; checked and unchecked forward lower to the same program: {jr['checks_hlo_identical']}"
+        isa = jr.get("env", {}).get("cpu_isa")
+        if isa is not None:
+            extra += f"; CPU vector extensions: {', '.join(isa) or 'none of ' + 'AVX2/AVX-512/AMX/NEON'}"
         if jr.get("checks_error"):
             extra += f"; jresnet with checks on failed: {jr['checks_error'][:160]}"
         busy = ", ".join(f"{x:.2f}" for x in g["busy_rounds"])

@@ -64,6 +64,7 @@ __all__ = [
     "MatmulPeak",
     "ModelBench",
     "bench_from_cli",
+    "cpu_isa",
     "default_input_shape",
     "environment",
     "format_table",
@@ -363,9 +364,31 @@ class ModelBench:
         return seconds
 
 
+# The vector extensions that decide CPU throughput: the same VM kind has shown AVX-512 on one day and only
+# AVX2 on another, with a ~2.7x different matmul peak.
+_CPU_ISA = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "asimd", "sve")
+
+
+def cpu_isa(cpuinfo: str | None = None) -> list[str] | None:
+    """Which of the throughput-relevant vector extensions the CPU reports (Linux ``/proc/cpuinfo`` flags),
+    or None where that file does not exist."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86, arm64
+            flags.update(value.split())
+    return [isa for isa in _CPU_ISA if isa in flags]
+
+
 def environment() -> dict[str, Any]:
     """What the numbers depend on: versions, backend, device, XLA_FLAGS, the persistent compilation
-    cache, cores and the load average."""
+    cache, cores, the CPU's vector extensions and the load average."""
     device = jax.devices()[0]
     return {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -376,6 +399,7 @@ def environment() -> dict[str, Any]:
         "compilation_cache_dir": jax.config.jax_compilation_cache_dir,  # a warm cache shortens compile s
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
+        "cpu_isa": cpu_isa(),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 

@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from jresnet.bench import BenchReport, bench_from_cli, format_table, run_benchmarks
+from jresnet.bench import BenchReport, bench_from_cli, cpu_isa, environment, format_table, run_benchmarks
 from jresnet.registry import create_model
 from jresnet.summary import summary
 
@@ -68,3 +68,13 @@ def test_cli_rejects_bad_arguments_before_compiling(field: str, value: str) -> N
     setattr(args, field, value)
     with pytest.raises(ValueError):
         bench_from_cli(args)
+
+
+def test_cpu_isa_reads_the_flags_line_and_keeps_only_throughput_relevant_extensions() -> None:
+    x86 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16 ht\nbogomips\t: 4800\n"
+    assert cpu_isa(x86) == ["avx2", "fma", "avx512f", "avx512_bf16"]
+    assert cpu_isa("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n") == ["avx2", "fma"]  # the AVX2-only VM
+    assert cpu_isa("Features\t: fp asimd sve\n") == ["asimd", "sve"]
+    assert cpu_isa("model name\t: unknown\n") == []
+    recorded = environment()["cpu_isa"]
+    assert recorded is None or isinstance(recorded, list)
