@@ -358,15 +358,13 @@ def summarize(workers: list[Worker], group: dict[str, Any], batch: int) -> list[
             for kind in ("train", "infer"):
                 ref_img_s = batch / _median(ref.times.get(kind)) if ref else math.nan
                 row[f"{kind}_{key}"] = row[f"{kind}_img_s"] / ref_img_s
-        partner = {"jresnet": "flax-ref", "jresnet [flags]": "flax-ref [flags]"}.get(w.label)
-        if partner in by_label and w.label in by_label:
-            row["paired_vs_flax_ref"] = {k: _paired_ratio(w, by_label[partner], k) for k in KINDS}
-        before = w.label.replace("jresnet", BEFORE) if w.kind == "jresnet" else None
-        if before in by_label and w.label in by_label:
-            row["paired_vs_before"] = {k: _paired_ratio(w, by_label[before], k) for k in KINDS}
-        base = w.label.replace(" [flags]", "")
-        if w.flags and base in by_label and w.label in by_label:
-            row["paired_flags_vs_default"] = {k: _paired_ratio(w, by_label[base], k) for k in KINDS}
+        partners = []  # the workers this row is paired with, in the report's order
+        if w.kind == "jresnet":  # against the plain Flax reference and the older checkout, same flags
+            partners += [w.label.replace("jresnet", "flax-ref"), w.label.replace("jresnet", BEFORE)]
+        if w.flags:  # against itself without the flags
+            partners.append(w.label.replace(" [flags]", ""))
+        row["paired"] = [{"vs": p, **{k: _paired_ratio(w, by_label[p], k) for k in KINDS}}
+                         for p in partners if p in by_label and w.label in by_label]
         if "infer_unchecked" in w.times:
             row["paired_checks_on_vs_off_infer"] = _paired_ratio_kinds(w, "infer_unchecked", "infer")
         rows.append(row)
@@ -406,18 +404,8 @@ def markdown(groups: list[dict[str, Any]]) -> str:
     for g in groups:
         for r in g["rows"]:
             where = f"| {r['model']} | {r['input']} | {r['dtype']} "
-            if r.get("paired_vs_flax_ref"):
-                p = r["paired_vs_flax_ref"]
-                ref = "flax-ref [flags]" if "[flags]" in r["label"] else "flax-ref"
-                lines.append(f"{where}| {r['label']} / {ref} "
-                             f"| {_fmt_ratio(p['train'])} | {_fmt_ratio(p['infer'])} |")
-            if r.get("paired_vs_before"):
-                p = r["paired_vs_before"]
-                lines.append(f"{where}| {r['label']} / {r['label'].replace('jresnet', BEFORE)} "
-                             f"| {_fmt_ratio(p['train'])} | {_fmt_ratio(p['infer'])} |")
-            if r.get("paired_flags_vs_default"):
-                p = r["paired_flags_vs_default"]
-                lines.append(f"{where}| {r['label']} / {r['label'].replace(' [flags]', '')} "
+            for p in r["paired"]:
+                lines.append(f"{where}| {r['label']} / {p['vs']} "
                              f"| {_fmt_ratio(p['train'])} | {_fmt_ratio(p['infer'])} |")
             if r.get("paired_checks_on_vs_off_infer"):
                 lines.append(f"{where}| jresnet forward, checks on / checks off | | "
@@ -431,7 +419,7 @@ def markdown(groups: list[dict[str, Any]]) -> str:
             extra = f"; checked and unchecked forward lower to the same program: {jr['checks_hlo_identical']}"
         isa = jr.get("env", {}).get("cpu_isa")
         if isa is not None:
-            extra += f"; CPU vector extensions: {', '.join(isa) or 'none of ' + 'AVX2/AVX-512/AMX/NEON'}"
+            extra += f"; CPU vector extensions: {', '.join(isa) or 'none of AVX2/AVX-512/AMX/NEON'}"
         if jr.get("checks_error"):
             extra += f"; jresnet with checks on failed: {jr['checks_error'][:160]}"
         busy = ", ".join(f"{x:.2f}" for x in g["busy_rounds"])
