@@ -30,7 +30,7 @@ from jresnet.layers import (
     to_nchw,
     to_nhwc,
 )
-from jresnet.shapes import collapse_message
+from jresnet.shapes import collapse_message, ksp_text
 from jresnet.typing import ShapeError, require_images, shapechecked
 
 __all__ = ["BLOCKS", "ResNet", "ResNetSpec"]
@@ -223,12 +223,11 @@ class ResNet(NCHWModule):
         for m in path:
             g = m.geometry
             if g.stride > 1 and min(size) == 1:
-                lo, hi = g.pads(size[0])
-                pad = str(lo) if lo == hi else f"({lo},{hi})"
-                raise ShapeError(collapse_message(m.path, f"{type(m).__name__}, K/S/P={g.kernel}/{g.stride}/{pad}",
-                                                  size, collapsed_at, g.stride, total, (h, w)))
+                ksp = ksp_text(g.kernel, g.stride, g.pads(size[0]))
+                raise ShapeError(collapse_message(m.path, f"{type(m).__name__}, K/S/P={ksp}", size, collapsed_at,
+                                                  g.stride, total, (h, w)))
             try:
-                new = (m.geometry.out_size(size[0]), m.geometry.out_size(size[1]))
+                new = (g.out_size(size[0]), g.out_size(size[1]))
             except ValueError:
                 return  # the layer itself reports a window that does not fit, with its arithmetic
             if min(new) == 1 and min(size) > 1:

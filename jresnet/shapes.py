@@ -124,6 +124,12 @@ class ConvGeometry:
         return "\n".join(lines)
 
 
+def ksp_text(kernel: int, stride: int, pads: tuple[int, int]) -> str:
+    """"K/S/P" as the summary and the error messages print it: P is one number, or (lo,hi) when uneven."""
+    lo, hi = pads
+    return f"{kernel}/{stride}/{lo if lo == hi else f'({lo},{hi})'}"
+
+
 def collapse_message(layer: str, geometry_text: str, seen_hw: tuple[int, int], collapsed_at: str, stride: int,
                      total_stride: int, input_hw: tuple[int, int]) -> str:
     """The words for a downsampling layer that receives a map already collapsed to one pixel."""
@@ -194,6 +200,7 @@ def output_hw(hw: tuple[int, int], geometry: ConvGeometry) -> tuple[int, int]:
 __all__ = [
     "ConvGeometry",
     "collapse_message",
+    "ksp_text",
     "PaddingSpec",
     "ReceptiveField",
     "explain",

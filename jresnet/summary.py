@@ -16,7 +16,7 @@ from flax import nnx
 
 from jresnet.blocks import ResidualBlock, ShortcutOptionA
 from jresnet.layers import AvgPool2d, BatchNorm2d, Conv2d, Linear, MaxPool2d, NCHWModule
-from jresnet.shapes import collapse_message
+from jresnet.shapes import collapse_message, ksp_text
 from jresnet.typing import CallRecord, ShapeError, recording, set_checks
 
 __all__ = ["LayerRow", "Summary", "check_model", "summary"]
@@ -118,9 +118,8 @@ def _row(record: CallRecord) -> LayerRow:
     stride = 1
     if isinstance(m, Conv2d | MaxPool2d | AvgPool2d):
         g = m.geometry
-        lo, hi = (m if isinstance(m, MaxPool2d | AvgPool2d) else g).pads(record.in_shape[1])
-        pad = str(lo) if lo == hi else f"({lo},{hi})"
-        ksp = f"{g.kernel}/{g.stride}/{pad}"
+        pads = (m if isinstance(m, MaxPool2d | AvgPool2d) else g).pads(record.in_shape[1])  # pools: ceil_mode
+        ksp = ksp_text(g.kernel, g.stride, pads)
         eaten = str(g.eaten)
         stride = g.stride
     if isinstance(m, Conv2d):
@@ -129,7 +128,7 @@ def _row(record: CallRecord) -> LayerRow:
     elif isinstance(m, Linear):
         macs = m.in_features * m.out_features
     elif isinstance(m, ShortcutOptionA):
-        ksp, stride = f"1/{m.stride}/0", m.stride
+        ksp, stride = ksp_text(1, m.stride, (0, 0)), m.stride
     if isinstance(m, ResidualBlock):
         shortcut = m.shortcut_name
     return LayerRow(path, kind, record.depth, ins, outs, ksp, eaten, shortcut, _own_params(m), macs, stride)
