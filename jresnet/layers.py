@@ -23,7 +23,7 @@ from jax import lax
 from jaxtyping import Array, Float
 
 from jresnet.conv_core import conv2d_nhwc
-from jresnet.norm_core import batch_norm_train, batch_stats
+from jresnet.norm_core import batch_norm_train, batch_stats, normalize
 from jresnet.shapes import ConvGeometry, PaddingSpec
 from jresnet.typing import ShapeError, fmt_nchw, require_images, shapechecked
 
@@ -229,9 +229,7 @@ class BatchNorm2d(NCHWModule):
             self.running_var[...] = m * self.running_var[...] + (1 - m) * unbiased
             # the same statistics again, differentiably: XLA computes them once; the gradient is norm_core's
             return batch_norm_train(x32, self.weight[...], self.bias[...], self.eps).astype(x.dtype)
-        scale = self.weight[...] * lax.rsqrt(var + self.eps)
-        shift = self.bias[...] - mean * scale
-        return (x32 * scale + shift).astype(x.dtype)
+        return normalize(x32, mean, var, self.weight[...], self.bias[...], self.eps).astype(x.dtype)
 
 
 class ReLU(NCHWModule):

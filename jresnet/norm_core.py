@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["batch_norm_train", "batch_stats"]
+__all__ = ["batch_norm_train", "batch_stats", "normalize"]
 
 _AXES = (0, 1, 2)  # B, H, W of an NHWC activation
 
@@ -29,27 +29,28 @@ def batch_stats(x32: jax.Array) -> tuple[jax.Array, jax.Array]:
     return mean, var
 
 
-def _normalize(x32: jax.Array, weight: jax.Array, bias: jax.Array, eps: float) -> tuple[jax.Array, ...]:
-    mean, var = batch_stats(x32)
-    inv = lax.rsqrt(var + eps)
-    scale = weight * inv
-    return x32 * scale + (bias - mean * scale), mean, inv
+def normalize(x32: jax.Array, mean: jax.Array, var: jax.Array, weight: jax.Array, bias: jax.Array,
+              eps: float | jax.Array) -> jax.Array:
+    """(x - mean) / sqrt(var + eps) * weight + bias per channel, as one scale and one shift of x."""
+    scale = weight * lax.rsqrt(var + eps)
+    return x32 * scale + (bias - mean * scale)
 
 
 @jax.custom_vjp
 def _batch_norm(x32: jax.Array, weight: jax.Array, bias: jax.Array, eps: jax.Array) -> jax.Array:
-    return _normalize(x32, weight, bias, eps)[0]
+    return normalize(x32, *batch_stats(x32), weight, bias, eps)
 
 
 def _forward(x32: jax.Array, weight: jax.Array, bias: jax.Array,
              eps: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    y, mean, inv = _normalize(x32, weight, bias, eps)
-    return y, (x32, mean, inv, weight, eps)
+    mean, var = batch_stats(x32)
+    return normalize(x32, mean, var, weight, bias, eps), (x32, mean, var, weight, eps)
 
 
 def _backward(residuals: tuple[jax.Array, ...], dy: jax.Array) -> tuple[jax.Array, ...]:
-    x32, mean, inv, weight, eps = residuals
+    x32, mean, var, weight, eps = residuals
     n = x32.shape[0] * x32.shape[1] * x32.shape[2]
+    inv = lax.rsqrt(var + eps)
     xhat = (x32 - mean) * inv
     dbias = jnp.sum(dy, axis=_AXES)
     dweight = jnp.sum(dy * xhat, axis=_AXES)
