@@ -420,6 +420,9 @@ def markdown(groups: list[dict[str, Any]]) -> str:
         isa = jr.get("env", {}).get("cpu_isa")
         if isa is not None:
             extra += f"; CPU vector extensions: {', '.join(isa) or 'none of AVX2/AVX-512/AMX/NEON'}"
+        core = jr.get("env", {}).get("conv_core")
+        if core is not None:
+            extra += f"; jresnet fp32 conv core on CPU: {core['fp32_on_cpu']} (oneDNN: {core['onednn']})"
         if jr.get("checks_error"):
             extra += f"; jresnet with checks on failed: {jr['checks_error'][:160]}"
         busy = ", ".join(f"{x:.2f}" for x in g["busy_rounds"])

@@ -5,11 +5,12 @@
    fused with the elementwise chain that produced x (BatchNorm, ReLU and residual adds of earlier blocks)
    it is not. Rows: a plain transpose, the same transpose of a 4-block residual chain, and that chain
    materialised first with `jresnet.conv_core`'s `lax.cond` boundary.
-2. **Train step by conv core.** jresnet's real train step (`jresnet.bench.ModelBench`) traced once with
-   ``set_conv_core("lax")`` (JAX's own conv gradient) and once with the default "materialized" core; the
-   paired ratio is the median over rounds of lax seconds / materialized seconds.
-3. ``--passes``: each conv shape of the model timed alone, forward, input gradient and kernel gradient
-   (jresnet's ``lax.conv_general_dilated`` call and JAX's gradients of it): where the remaining time goes.
+2. **Train step by conv core.** jresnet's real train step (`jresnet.bench.ModelBench`) traced once per
+   core: "lax" (JAX's own conv gradient), "materialized" and, where its kernels load, "onednn"; the
+   paired ratios are medians over rounds of one core's seconds over another's.
+3. ``--passes``: each conv shape of the model timed alone, forward, input gradient and kernel gradient,
+   as XLA computes them (jresnet's ``lax.conv_general_dilated`` call and JAX's gradients of it) and as
+   the oneDNN kernels of `jresnet.native` do: where the time goes, and what oneDNN buys per shape.
 
 Run with jresnet's CPU flag, as the CLI sets it::
 
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jresnet import conv_core
+from jresnet import conv_core, native
 from jresnet.bench import ModelBench
 from jresnet.registry import create_model
 from jresnet.summary import summary
@@ -70,8 +71,9 @@ def fused_transposes(batch: int, repeats: int) -> None:
 
 
 def train_step_by_core(model: str, batch: int, repeats: int) -> None:
+    cores = ["lax", "materialized"] + (["onednn"] if native.available() else [])
     benches = {}
-    for core in conv_core.CORES[::-1]:  # lax first
+    for core in cores:
         previous = conv_core.set_conv_core(core)
         try:
             benches[core] = ModelBench(model, batch, "fp32", checks_overhead=False, steps=2)
@@ -83,29 +85,42 @@ def train_step_by_core(model: str, batch: int, repeats: int) -> None:
     print(f"\n2. {model} train step, batch {batch}, fp32 (median of {repeats} repeats of 2 steps)\n")
     print("| conv core | ms/step | img/s |\n|---|---:|---:|")
     for core, bench in benches.items():
-        seconds = statistics.median(bench.result.train_s)
+        seconds = statistics.median(bench.result.train_s) / 2
         print(f"| {core} | {1e3 * seconds:.1f} | {batch / seconds:.1f} |")
-    ratios = [a / b for a, b in zip(benches["lax"].result.train_s, benches["materialized"].result.train_s,
-                                    strict=True)]
-    print(f"\nmaterialized / lax speed, paired per round: median {statistics.median(ratios):.3f} "
-          f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print()
+    for faster, slower in zip(cores[1:], cores[:-1], strict=True):
+        ratios = [a / b for a, b in zip(benches[slower].result.train_s, benches[faster].result.train_s, strict=True)]
+        print(f"{faster} / {slower} speed, paired per round: median {statistics.median(ratios):.3f} "
+              f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
 
 
-def _time_passes(c: int, h: int, co: int, k: int, s: int, p: int, batch: int, repeats: int) -> list[float]:
-    """Median seconds of one conv's forward, input gradient and kernel gradient, interleaved."""
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((batch, h, h, c)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((co, c, k, k)), jnp.float32)
-
-    def conv(x_: jax.Array, w_: jax.Array) -> jax.Array:  # jresnet's forward conv, differentiated by JAX itself
-        return conv_core._lax_conv(x_, w_, s, ((p, p), (p, p)), 1, 1)
-
-    dy = jnp.ones(jax.eval_shape(conv, x, w).shape, jnp.float32)
+def _pass_functions(conv: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, w: jax.Array,
+                    dy: jax.Array) -> dict[str, Callable[[], Any]]:
     fwd = jax.jit(conv)
     dgrad = jax.jit(lambda x_, w_, dy_: jax.vjp(lambda v: conv(v, w_), x_)[1](dy_)[0])
     wgrad = jax.jit(lambda x_, w_, dy_: jax.vjp(lambda v: conv(x_, v), w_)[1](dy_)[0])
-    times = _interleaved({"f": lambda: fwd(x, w), "d": lambda: dgrad(x, w, dy), "w": lambda: wgrad(x, w, dy)}, repeats)
-    return [statistics.median(t) for t in times.values()]
+    return {"forward": lambda: fwd(x, w), "input grad": lambda: dgrad(x, w, dy),
+            "kernel grad": lambda: wgrad(x, w, dy)}
+
+
+def _time_passes(c: int, h: int, co: int, k: int, s: int, p: int, batch: int,
+                 repeats: int) -> dict[str, dict[str, float]]:
+    """Median seconds of one conv's forward, input gradient and kernel gradient per backend, interleaved."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, h, h, c)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((co, c, k, k)), jnp.float32)
+    geometry = (s, ((p, p), (p, p)), 1, 1)
+    convs = {"xla": lambda x_, w_: conv_core._lax_conv(x_, w_, *geometry)}  # differentiated by JAX itself
+    if native.available():
+        convs["onednn"] = lambda x_, w_: conv_core._conv_onednn(x_, w_, *geometry)
+    dy = jnp.ones(jax.eval_shape(convs["xla"], x, w).shape, jnp.float32)
+    fns = {(backend, name): fn for backend, conv in convs.items()
+           for name, fn in _pass_functions(conv, x, w, dy).items()}
+    times = _interleaved(fns, repeats)  # type: ignore[arg-type]
+    medians: dict[str, dict[str, float]] = {backend: {} for backend in convs}
+    for (backend, name), t in times.items():
+        medians[backend][name] = statistics.median(t)
+    return medians
 
 
 def conv_passes(model: str, batch: int, repeats: int) -> None:
@@ -116,20 +131,32 @@ def conv_passes(model: str, batch: int, repeats: int) -> None:
             k, s, p = (int(v) for v in row.ksp.split("/"))
             key = (row.in_shape[0], row.in_shape[1], row.out_shape[0], k, s, p)
             shapes[key] = shapes.get(key, 0) + 1
-    print(f"\n3. {model} conv shapes alone, batch {batch}: ms (median of {repeats}) and GFLOP/s\n")
-    print("| C_in → C_out | H | K/S | count | forward | input grad | kernel grad |\n|---|---:|---|---:|---:|---:|---:|")
-    totals = [0.0, 0.0, 0.0]
+    passes = ("forward", "input grad", "kernel grad")
+    print(f"\n3. {model} conv shapes alone, batch {batch}: ms, median of {repeats} (GFLOP/s); "
+          "XLA vs oneDNN and their ratio\n")
+    print("| C_in → C_out | H | K/S | count | " + " | ".join(f"{n} XLA | {n} oneDNN | ×" for n in passes) + " |")
+    print("|---|---:|---|---:|" + "---:|---:|---:|" * len(passes))
+    totals: dict[str, dict[str, float]] = {}
     for (c, h, co, k, s, p), count in shapes.items():
         medians = _time_passes(c, h, co, k, s, p, batch, repeats)
         h_out = (h + 2 * p - k) // s + 1
         flops = 2 * batch * h_out * h_out * co * c * k * k
         cells = []
-        for i, seconds in enumerate(medians):
-            totals[i] += count * seconds
-            cells.append(f"{1e3 * seconds:.1f} ({flops / seconds / 1e9:.0f})")
+        for name in passes:
+            for backend in ("xla", "onednn"):
+                seconds = medians.get(backend, {}).get(name)
+                if seconds is None:
+                    cells.append("–")
+                    continue
+                totals.setdefault(backend, {}).setdefault(name, 0.0)
+                totals[backend][name] += count * seconds
+                cells.append(f"{1e3 * seconds:.1f} ({flops / seconds / 1e9:.0f})")
+            ratio = medians["xla"][name] / medians["onednn"][name] if "onednn" in medians else float("nan")
+            cells.append(f"{ratio:.2f}")
         print(f"| {c} → {co} | {h} | {k}/{s} | {count} | " + " | ".join(cells) + " |")
-    print(f"\nsum over the model's convs: forward {1e3 * totals[0]:.0f} ms, input grad {1e3 * totals[1]:.0f} ms, "
-          f"kernel grad {1e3 * totals[2]:.0f} ms")
+    for backend, by_pass in totals.items():
+        print(f"\nsum over the model's convs, {backend}: " + ", ".join(
+            f"{name} {1e3 * seconds:.0f} ms" for name, seconds in by_pass.items()))
 
 
 def main(argv: list[str] | None = None) -> int:

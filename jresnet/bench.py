@@ -48,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jresnet import native
+from jresnet.conv_core import get_conv_core, resolved_conv_core
 from jresnet.data import normalize
 from jresnet.functional import apply
 from jresnet.models import ResNetSpec
@@ -387,15 +389,18 @@ def cpu_isa(cpuinfo: str | None = None) -> list[str] | None:
 
 
 def environment() -> dict[str, Any]:
-    """What the numbers depend on: versions, backend, device, XLA_FLAGS, the persistent compilation
-    cache, cores, the CPU's vector extensions and the load average."""
+    """What the numbers depend on: versions, backend, device, XLA_FLAGS, the conv core, the persistent
+    compilation cache, cores, the CPU's vector extensions and the load average."""
     device = jax.devices()[0]
+    onednn = native.status()
     return {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "device": getattr(device, "device_kind", str(device)),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "conv_core": {"set": get_conv_core(), "fp32_on_cpu": resolved_conv_core(jnp.float32),
+                      "onednn": onednn.onednn_version if onednn.available else f"unavailable: {onednn.reason}"},
         "compilation_cache_dir": jax.config.jax_compilation_cache_dir,  # a warm cache shortens compile s
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),

@@ -1,22 +1,26 @@
-"""The convolution compute core: `lax.conv_general_dilated` with a backward pass that XLA CPU runs well.
+"""The convolution compute core: how jresnet computes and differentiates its convolutions.
 
-Forward, this is exactly `lax.conv_general_dilated` in NHWC with a (C_out, C_in, K, K) kernel. The
-backward computes the same two gradients as JAX's own rule (the input gradient is JAX's rule itself),
-but it hands the kernel gradient *materialised* copies of the activation and of the incoming gradient.
+Every core computes `lax.conv_general_dilated` in NHWC with a (C_out, C_in, K, K) kernel, with the same
+values and gradients; they differ in which kernels run it. `set_conv_core` picks one:
 
-Why: XLA CPU computes a kernel gradient as a convolution over the batch, which needs x and dy transposed
-to (C, H, W, B). XLA fuses those transposes with the elementwise ops that produced x: the BatchNorm,
-ReLU and residual adds of every earlier block, recomputed in a loop that reads each input with a stride
-of a whole image. Measured on resnet20 at batch 128 (2-core Zen 4, ``experiments/conv_core_levers.py``),
-a transpose of a (128, 32, 32, 16) activation takes 2.2 ms on its own and 67 ms fused with a chain of
-four residual blocks; those fused transposes were ~45% of the fp32 train step. A `lax.cond` is a
-boundary XLA does not fuse across, so the transposes read one buffer each, and the fp32 step runs 1.27x
-faster. Its predicate is true for every float (finite, infinite or NaN), so the other branch never runs;
-it exists because XLA folds a conditional whose branches are identical. In bf16 the boundary cost more
-than it saved (0.9x), so bf16 and other dtypes keep JAX's rule, as do GPU and TPU.
-
-`set_conv_core("lax")` switches back to plain `lax.conv_general_dilated` and JAX's autodiff, for
-comparison and as an escape hatch.
+- **"onednn"**: on CPU, fp32, the forward pass and both gradients are oneDNN's convolutions (PyTorch's CPU
+  convolutions) called through XLA's FFI (`jresnet.native`). XLA CPU's own convolution kernels were most
+  of a ResNet train step and 1.1-4.5x slower than oneDNN's, per shape, on resnet20's convolutions
+  (``experiments/conv_core_levers.py --passes``). Everything around the convolutions stays XLA's.
+- **"materialized"**: `lax.conv_general_dilated` forward and JAX's input-gradient rule; the kernel
+  gradient is JAX's rule applied to *materialised* copies of the activation and of the incoming gradient.
+  XLA CPU computes a kernel gradient as a convolution over the batch, which needs x and dy transposed to
+  (C, H, W, B), and it fuses those transposes with the elementwise ops that produced x: the BatchNorm,
+  ReLU and residual adds of every earlier block, recomputed in a loop that reads each input with a stride
+  of a whole image (resnet20, batch 128: 2.2 ms for a plain transpose, 67 ms fused with four blocks;
+  ~45% of the fp32 step). A `lax.cond` is a boundary XLA does not fuse across. Its predicate is true for
+  every float (finite, infinite or NaN), so the other branch never runs; it exists because XLA folds a
+  conditional whose branches are identical. In bf16 the boundary cost more than it saved (0.9x), so bf16
+  keeps JAX's rule.
+- **"lax"**: plain `lax.conv_general_dilated` and JAX's autodiff, for comparison and as an escape hatch.
+- **"auto"** (the default): "onednn" where it applies (CPU, fp32, the kernels built, padding >= 0), else
+  "materialized". On GPU and TPU both resolve to JAX's own rules (`lax.platform_dependent`), so a program
+  traced for an accelerator holds no CPU custom call.
 """
 
 from __future__ import annotations
@@ -26,31 +30,51 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from jresnet import native
 
 __all__ = ["conv2d_nhwc", "get_conv_core", "set_conv_core"]
 
-CORES = ("materialized", "lax")
-_core = "materialized"
+CORES = ("auto", "onednn", "materialized", "lax")
+_core = "auto"
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
 def set_conv_core(name: str) -> str:
-    """Choose how convolutions are differentiated: "materialized" (default) or "lax"; returns the old one.
+    """Choose the conv core: "auto" (default), "onednn", "materialized" or "lax"; returns the previous name.
 
-    It takes effect when a function is next traced (jit caches keep what they traced before).
+    It takes effect when a function is next traced (jit caches keep what they traced before). "onednn"
+    raises if its kernels cannot be loaded on this machine, and says why.
     """
     global _core
     if name not in CORES:
         raise ValueError(f"set_conv_core: name must be one of {CORES}; got {name!r}")
+    if name == "onednn" and not native.available():
+        raise RuntimeError(f"set_conv_core('onednn'): the oneDNN kernels are not available: "
+                           f"{native.unavailable_reason()}")
     previous, _core = _core, name
     return previous
 
 
 def get_conv_core() -> str:
-    """The conv core new traces use: "materialized" or "lax"."""
+    """The conv core new traces use, as set: "auto", "onednn", "materialized" or "lax"."""
     return _core
+
+
+def resolved_conv_core(dtype: jnp.dtype | type = jnp.float32) -> str:
+    """The core a CPU trace of a convolution in ``dtype`` runs: "onednn", "materialized" or "lax".
+
+    "auto" resolves to "onednn" for fp32 where the kernels load, else to "materialized". Convolutions
+    with negative padding or an empty dimension, which oneDNN rejects, take "materialized" too.
+    """
+    if _core == "lax":
+        return "lax"
+    if _core in ("auto", "onednn") and jnp.dtype(dtype) == jnp.float32 and native.available():
+        return "onednn"
+    return "materialized"
 
 
 def _lax_conv(x: jax.Array, w: jax.Array, stride: int, padding: Padding, dilation: int, groups: int) -> jax.Array:
@@ -110,14 +134,62 @@ def _backward(stride: int, padding: Padding, dilation: int, groups: int, residua
 _conv_materialized.defvjp(_forward, _backward)
 
 
+def _out_shape(x: jax.Array, w: jax.Array, stride: int, padding: Padding, dilation: int,
+               groups: int) -> tuple[int, ...]:
+    return jax.eval_shape(lambda: _lax_conv(x, w, stride, padding, dilation, groups)).shape
+
+
+def _geometry(stride: int, padding: Padding, dilation: int, groups: int) -> dict[str, np.ndarray]:
+    """The FFI attributes of onednn_conv.cc: strides, (top, bottom, left, right) padding, dilation, groups."""
+    return dict(strides=np.array([stride, stride], np.int64), dilation=np.array([dilation, dilation], np.int64),
+                padding=np.array([*padding[0], *padding[1]], np.int64), groups=np.int64(groups))
+
+
+def _ffi(target: str, shape: tuple[int, ...], *operands: jax.Array, stride: int, padding: Padding, dilation: int,
+         groups: int) -> jax.Array:
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="sequential")
+    return call(*operands, **_geometry(stride, padding, dilation, groups))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_onednn(x: jax.Array, w: jax.Array, stride: int, padding: Padding, dilation: int, groups: int) -> jax.Array:
+    return _conv_onednn_forward(x, w, stride, padding, dilation, groups)[0]
+
+
+def _conv_onednn_forward(x: jax.Array, w: jax.Array, stride: int, padding: Padding, dilation: int,
+                         groups: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    shape = _out_shape(x, w, stride, padding, dilation, groups)
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return _ffi("jresnet_conv_forward", shape, x, w, **geometry), (x, w)
+
+
+def _conv_onednn_backward(stride: int, padding: Padding, dilation: int, groups: int,
+                          residuals: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, w = residuals
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    dx = _ffi("jresnet_conv_backward_data", x.shape, dy, w, **geometry)
+    dw = _ffi("jresnet_conv_backward_weights", w.shape, x, dy, **geometry)
+    return dx, dw
+
+
+_conv_onednn.defvjp(_conv_onednn_forward, _conv_onednn_backward)
+
+
 def conv2d_nhwc(x: jax.Array, w: jax.Array, *, stride: int, padding: Sequence[tuple[int, int]], dilation: int = 1,
                 groups: int = 1) -> jax.Array:
     """A 2-D convolution of (B, H, W, C_in) images with a (C_out, C_in // groups, K, K) kernel, in NHWC.
 
     Same values and gradients as ``lax.conv_general_dilated`` with dimension numbers
-    ("NHWC", "OIHW", "NHWC"); only how XLA schedules the kernel gradient differs (see the module doc).
+    ("NHWC", "OIHW", "NHWC"); the conv core (`set_conv_core`) decides which kernels compute them.
     """
     pads = (tuple(padding[0]), tuple(padding[1]))
-    if _core == "lax":
+    core = resolved_conv_core(jnp.result_type(x, w))
+    if core == "lax":
         return _lax_conv(x, w, stride, pads, dilation, groups)
+    empty = 0 in (*x.shape, *_out_shape(x, w, stride, pads, dilation, groups))
+    onednn_can = min(min(pair) for pair in pads) >= 0 and not empty
+    if core == "onednn" and onednn_can and x.dtype == w.dtype:
+        return lax.platform_dependent(
+            x, w, cpu=lambda x_, w_: _conv_onednn(x_, w_, stride, pads, dilation, groups),
+            default=lambda x_, w_: _conv_materialized(x_, w_, stride, pads, dilation, groups))
     return _conv_materialized(x, w, stride, pads, dilation, groups)
