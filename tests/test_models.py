@@ -291,6 +291,8 @@ def spec_fields(draw):
               width_multiplier=1.0, num_classes=2, in_channels=3, groups=1, drop_path_rate=0.0))
 @example(dict(depths=(1, 1), widths=(8, 4), strides=(1, 2), block="basic", stem="cifar", shortcut="A",
               stem_width=4, width_multiplier=1.0, num_classes=2, in_channels=3, groups=1, drop_path_rate=0.0))
+@example(dict(depths=(1, 1, 1), widths=(1, 1, 1), strides=(2, 2, 2), block="basic", stem="imagenet", shortcut="A",
+              stem_width=1, width_multiplier=1.0, num_classes=1, in_channels=1, groups=1, drop_path_rate=0.0))
 def test_spec_either_builds_a_working_model_or_names_the_field(kw) -> None:
     try:
         spec = ResNetSpec(**kw)
@@ -299,9 +301,16 @@ def test_spec_either_builds_a_working_model_or_names_the_field(kw) -> None:
         msg = str(err)
         assert any(re.search(rf"\b{name}\b", msg) for name in SPEC_FIELDS), msg
         return
-    logits = _eval_shape(model, (2, kw["in_channels"], 16, 16))
+    size = 16
+    try:
+        logits = _eval_shape(model, (2, kw["in_channels"], size, size))
+    except ShapeError as err:  # a spec whose total stride exceeds 16 must say how large an image it needs
+        need = re.search(r"feed at least (\d+)×\1 images \(got 16×16\)", str(err))
+        assert need, err
+        size = int(need[1])
+        logits = _eval_shape(model, (2, kw["in_channels"], size, size))
     assert logits.shape == (2, kw["num_classes"])
-    maps = _eval_shape(model, (2, kw["in_channels"], 16, 16), "features")
+    maps = _eval_shape(model, (2, kw["in_channels"], size, size), "features")
     expansion = 4 if "bottleneck" in kw["block"] else 1
     assert [m.shape[1] for m in maps] == [w * expansion for w in spec.stage_widths]
 
