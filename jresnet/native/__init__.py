@@ -28,7 +28,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FFI_TARGETS", "NativeStatus", "available", "cache_dir", "implementations", "status",
+__all__ = ["FFI_TARGETS", "NativeStatus", "available", "busy_time", "cache_dir", "implementations", "status",
            "unavailable_reason"]
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
@@ -167,3 +167,13 @@ def implementations(batch: int, in_hw: tuple[int, int], in_c: int, out_hw: tuple
             raise ValueError(f"oneDNN rejected this convolution: {out.value.decode()}")
         names[name] = out.value.decode()
     return names
+
+
+def busy_time(reset: bool = False) -> tuple[float, int]:
+    """Seconds spent inside the oneDNN kernels, and their number of calls, since the last reset (profiling)."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError(f"the oneDNN kernels are not available: {unavailable_reason()}")
+    ns, calls = ctypes.c_int64(), ctypes.c_int64()
+    lib.JresnetConvBusy(ctypes.byref(ns), ctypes.byref(calls), int(reset))
+    return ns.value / 1e9, calls.value

@@ -10,6 +10,8 @@
 // Each distinct shape builds its primitives once; they are cached for the life of the process.
 // Execution is thread-safe: scratch memory is per call (user scratchpad mode), primitives are immutable.
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -172,11 +174,17 @@ std::mutex& ExecutionMutex() {
   return mutex;
 }
 
+// Wall time spent inside oneDNN (reorders included, waiting for the mutex excluded), for profiling.
+std::atomic<int64_t> busy_ns{0}, busy_calls{0};
+
 template <typename Run>
 ffi::Error Guarded(Run run) {
   try {
     std::lock_guard<std::mutex> lock(ExecutionMutex());
+    auto start = std::chrono::steady_clock::now();
     run();
+    busy_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+    ++busy_calls;
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
   }
@@ -279,5 +287,15 @@ extern "C" int JresnetConvImpl(int direction, const int64_t* geometry, char* out
   } catch (const dnnl::error& e) {
     snprintf(out, out_len, "%s", e.what());
     return 1;
+  }
+}
+
+// For profiling: nanoseconds spent inside oneDNN and the number of calls since the last reset.
+extern "C" void JresnetConvBusy(int64_t* ns, int64_t* calls, int reset) {
+  *ns = busy_ns.load();
+  *calls = busy_calls.load();
+  if (reset) {
+    busy_ns = 0;
+    busy_calls = 0;
   }
 }

@@ -97,3 +97,22 @@ def test_main_reports_the_status(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "jresnet.native"], capture_output=True, text=True, env=env)
     assert run.returncode == 1
     assert "not available: switched off by JRESNET_ONEDNN=0" in run.stdout
+
+
+@pytest.mark.skipif(not native.available(), reason=f"oneDNN kernels: {native.unavailable_reason()}")
+def test_busy_time_counts_each_kernel_call() -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from jresnet.conv_core import conv2d_nhwc, resolved_conv_core
+
+    assert resolved_conv_core() == "onednn"
+    loss = jax.jit(jax.grad(lambda x, w: jnp.sum(conv2d_nhwc(x, w, stride=1, padding=((1, 1), (1, 1)))),
+                            argnums=(0, 1)))
+    x, w = jnp.ones((2, 6, 6, 3)), jnp.ones((4, 3, 3, 3))
+    jax.block_until_ready(loss(x, w))  # compile
+    native.busy_time(reset=True)
+    jax.block_until_ready(loss(x, w))
+    seconds, calls = native.busy_time(reset=True)
+    assert calls == 3 and seconds > 0  # forward, input gradient, kernel gradient
+    assert native.busy_time() == (0.0, 0)
