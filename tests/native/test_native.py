@@ -107,7 +107,7 @@ def test_busy_time_counts_each_kernel_call() -> None:
     from jresnet.conv_core import conv2d_nhwc, resolved_conv_core
 
     assert resolved_conv_core() == "onednn"
-    loss = jax.jit(jax.grad(lambda x, w: jnp.sum(conv2d_nhwc(x, w, stride=1, padding=((1, 1), (1, 1)))),
+    loss = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv2d_nhwc(x, w, stride=1, padding=((1, 1), (1, 1))))),
                             argnums=(0, 1)))
     x, w = jnp.ones((2, 6, 6, 3)), jnp.ones((4, 3, 3, 3))
     jax.block_until_ready(loss(x, w))  # compile
