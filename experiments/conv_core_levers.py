@@ -82,10 +82,10 @@ def train_step_by_core(model: str, batch: int, repeats: int) -> None:
     for _ in range(repeats):
         for bench in benches.values():
             bench.run_repeat("train")
-    print(f"\n2. {model} train step, batch {batch}, fp32 (median of {repeats} repeats of 2 steps)\n")
+    print(f"\n2. {model} train step, batch {batch}, fp32 (median of {repeats} repeats; each repeat times 2 steps)\n")
     print("| conv core | ms/step | img/s |\n|---|---:|---:|")
     for core, bench in benches.items():
-        seconds = statistics.median(bench.result.train_s) / 2
+        seconds = statistics.median(bench.result.train_s)  # per step
         print(f"| {core} | {1e3 * seconds:.1f} | {batch / seconds:.1f} |")
     print()
     for faster, slower in zip(cores[1:], cores[:-1], strict=True):
