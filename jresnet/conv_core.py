@@ -108,26 +108,29 @@ def _forward(x: jax.Array, w: jax.Array, stride: int, padding: Padding, dilation
     return _lax_conv(x, w, stride, padding, dilation, groups), (x, w)
 
 
+def _kernel_grad(x: jax.Array, w: jax.Array, dy: jax.Array, stride: int, padding: Padding, dilation: int,
+                 groups: int) -> jax.Array:
+    """JAX's own kernel gradient of `_lax_conv`."""
+    return jax.vjp(lambda w_: _lax_conv(x, w_, stride, padding, dilation, groups), w)[1](dy)[0]
+
+
+def _kernel_grad_materialized(x: jax.Array, w: jax.Array, dy: jax.Array, stride: int, padding: Padding,
+                              dilation: int, groups: int) -> jax.Array:
+    """JAX's kernel gradient, reading materialised copies of x and dy (see the module doc)."""
+    pred = _always(w)
+    return _kernel_grad(_materialize(x, pred), w, _materialize(dy, pred), stride, padding, dilation, groups)
+
+
 def _backward(stride: int, padding: Padding, dilation: int, groups: int, residuals: tuple[jax.Array, jax.Array],
               dy: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, w = residuals
-
-    def conv(x_: jax.Array, w_: jax.Array) -> jax.Array:
-        return _lax_conv(x_, w_, stride, padding, dilation, groups)
-
-    (dx,) = jax.vjp(lambda x_: conv(x_, w), x)[1](dy)
-
-    def kernel_grad(x_: jax.Array, dy_: jax.Array) -> jax.Array:
-        return jax.vjp(lambda w_: conv(x_, w_), w)[1](dy_)[0]
-
-    def kernel_grad_materialized(x_: jax.Array, dy_: jax.Array) -> jax.Array:
-        pred = _always(w)
-        return kernel_grad(_materialize(x_, pred), _materialize(dy_, pred))
-
+    geometry = (stride, padding, dilation, groups)
+    (dx,) = jax.vjp(lambda x_: _lax_conv(x_, w, *geometry), x)[1](dy)
     if x.dtype != jnp.float32:  # measured: a bf16 resnet20 step ran 0.9x as fast with the boundary
-        return dx, kernel_grad(x, dy)
+        return dx, _kernel_grad(x, w, dy, *geometry)
     # Only XLA CPU fuses the transposes badly; GPU and TPU keep JAX's rule.
-    dw = lax.platform_dependent(x, dy, cpu=kernel_grad_materialized, default=kernel_grad)
+    dw = lax.platform_dependent(x, dy, cpu=lambda x_, dy_: _kernel_grad_materialized(x_, w, dy_, *geometry),
+                                default=lambda x_, dy_: _kernel_grad(x_, w, dy_, *geometry))
     return dx, dw
 
 
@@ -151,6 +154,25 @@ def _ffi(target: str, shape: tuple[int, ...], *operands: jax.Array, stride: int,
     return call(*operands, **_geometry(stride, padding, dilation, groups))
 
 
+# oneDNN 3.2's kernel gradient ("jit:avx2") loses to XLA's on small maps with many channels. Measured per
+# shape at batch 128 on the 2-core AVX2 VM (`experiments/conv_core_levers.py --passes`), XLA / oneDNN time
+# of 3x3 kernel gradients with an 8x8 output or smaller: 0.63 (512 ch, 4x4), 0.74 (256 -> 512), 0.82
+# (256 ch, 8x8), 0.92 (128 -> 256); at 16x16 and larger oneDNN wins or ties (0.99 ... 1.90). With 64
+# channels at 8x8 (0.92 alone) the resnet20 step came out even (0.985x paired), so that stays with oneDNN;
+# resnet18_cifar's step ran 1.074x faster paired with its deep layers on XLA. 1x1 kernel gradients stay
+# with oneDNN. (PyTorch's newer oneDNN 3.12 was no faster there: 237 ms for the 512-channel 4x4 kernel
+# gradient, XLA 137 ms.)
+XLA_KERNEL_GRAD_MAX_OUTPUT_PIXELS = 64
+XLA_KERNEL_GRAD_MIN_IN_CHANNELS = 128
+
+
+def _xla_kernel_grad_is_faster(w_shape: tuple[int, ...], dy_shape: tuple[int, ...]) -> bool:
+    """Whether XLA's kernel gradient beats oneDNN's for this (C_out, C_in, K, K) kernel and NHWC dy."""
+    kernel_pixels, out_pixels = w_shape[2] * w_shape[3], dy_shape[1] * dy_shape[2]
+    return (kernel_pixels > 1 and out_pixels <= XLA_KERNEL_GRAD_MAX_OUTPUT_PIXELS
+            and w_shape[1] >= XLA_KERNEL_GRAD_MIN_IN_CHANNELS)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv_onednn(x: jax.Array, w: jax.Array, stride: int, padding: Padding, dilation: int, groups: int) -> jax.Array:
     return _conv_onednn_forward(x, w, stride, padding, dilation, groups)[0]
@@ -168,8 +190,9 @@ def _conv_onednn_backward(stride: int, padding: Padding, dilation: int, groups: 
     x, w = residuals
     geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     dx = _ffi("jresnet_conv_backward_data", x.shape, dy, w, **geometry)
-    dw = _ffi("jresnet_conv_backward_weights", w.shape, x, dy, **geometry)
-    return dx, dw
+    if _xla_kernel_grad_is_faster(w.shape, dy.shape):
+        return dx, _kernel_grad_materialized(x, w, dy, stride, padding, dilation, groups)
+    return dx, _ffi("jresnet_conv_backward_weights", w.shape, x, dy, **geometry)
 
 
 _conv_onednn.defvjp(_conv_onednn_forward, _conv_onednn_backward)

@@ -15,7 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from jresnet import native
+from jresnet import conv_core, native
 from jresnet.conv_core import conv2d_nhwc, get_conv_core, resolved_conv_core, set_conv_core
 
 on_cpu = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the materialising cond and oneDNN are CPU-only")
@@ -229,7 +229,7 @@ def _custom_calls(program: str) -> set[str]:
 def test_auto_runs_all_three_passes_through_onednn_in_fp32_only() -> None:
     assert resolved_conv_core(jnp.float32) == "onednn"
     assert resolved_conv_core(jnp.bfloat16) == "materialized"
-    x, w = _randn(0, 2, 6, 6, 3), _randn(1, 4, 3, 3, 3)
+    x, w = _randn(0, 2, 12, 12, 3), _randn(1, 4, 3, 3, 3)  # a 12x12 map: oneDNN's kernel gradient (see below)
 
     def both_grads_hlo(x, w) -> str:
         loss = lambda w, x: jnp.sum(jnp.sin(conv2d_nhwc(x, w, stride=1, padding=((1, 1), (1, 1)))))  # noqa: E731
@@ -241,9 +241,27 @@ def test_auto_runs_all_three_passes_through_onednn_in_fp32_only() -> None:
         assert _custom_calls(both_grads_hlo(x, w)) == set()
 
 
+@on_cpu
+@needs_onednn
+@pytest.mark.parametrize(("hw", "k", "c_in", "xla_kernel_grad"),
+                         [(8, 3, 128, True), (9, 3, 128, False), (8, 3, 64, False), (4, 1, 128, False)])
+def test_deep_small_maps_take_xla_kernel_gradient_and_still_match_lax(hw: int, k: int, c_in: int,
+                                                                      xla_kernel_grad: bool) -> None:
+    # oneDNN's kernel gradient loses to XLA's on <= 8x8 outputs with >= 128 input channels and K > 1.
+    p = (k - 1) // 2
+    geometry = dict(stride=1, padding=((p, p), (p, p)))
+    x, w, r = _randn(0, 2, hw, hw, c_in), _randn(1, 5, c_in, k, k) * 0.1, _randn(2, 2, hw, hw, 5)
+    run = jax.jit(_value_and_grads(conv2d_nhwc, **geometry))
+    calls = _custom_calls(run.lower(x, w, r).compile().as_text())
+    assert ("jresnet_conv_backward_weights" not in calls) == xla_kernel_grad
+    assert {"jresnet_conv_forward", "jresnet_conv_backward_data"} <= calls
+    for a, b in zip(run(x, w, r), _value_and_grads(_lax_reference, **geometry)(x, w, r), strict=True):
+        assert_close(a, b, 1e-5)
+
+
 @needs_onednn
 def test_a_program_lowered_for_gpu_holds_no_cpu_custom_call() -> None:
-    x, w = _randn(0, 2, 6, 6, 3), _randn(1, 4, 3, 3, 3)
+    x, w = _randn(0, 2, 12, 12, 3), _randn(1, 4, 3, 3, 3)
     loss = lambda w, x: jnp.sum(jnp.sin(conv2d_nhwc(x, w, stride=1, padding=((1, 1), (1, 1)))))  # noqa: E731
     step = jax.jit(jax.grad(loss, argnums=(0, 1)))
     assert _custom_calls(step.trace(w, x).lower(lowering_platforms=("cpu",)).as_text()) == set(native.FFI_TARGETS)
