@@ -6,7 +6,9 @@ values and gradients; they differ in which kernels run it. `set_conv_core` picks
 - **"onednn"**: on CPU, fp32, the forward pass and both gradients are oneDNN's convolutions (PyTorch's CPU
   convolutions) called through XLA's FFI (`jresnet.native`). XLA CPU's own convolution kernels were most
   of a ResNet train step and 1.1-4.5x slower than oneDNN's, per shape, on resnet20's convolutions
-  (``experiments/conv_core_levers.py --passes``). Everything around the convolutions stays XLA's.
+  (``experiments/conv_core_levers.py --passes``). One exception: the kernel gradient of a 3x3 (K > 1)
+  convolution with >= 128 input channels and an output of at most 8x8 pixels is XLA's ("materialized"),
+  which beat oneDNN 3.2 there by up to 1.6x. Everything around the convolutions stays XLA's.
 - **"materialized"**: `lax.conv_general_dilated` forward and JAX's input-gradient rule; the kernel
   gradient is JAX's rule applied to *materialised* copies of the activation and of the incoming gradient.
   XLA CPU computes a kernel gradient as a convolution over the batch, which needs x and dy transposed to

@@ -15,7 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from jresnet import conv_core, native
+from jresnet import native
 from jresnet.conv_core import conv2d_nhwc, get_conv_core, resolved_conv_core, set_conv_core
 
 on_cpu = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the materialising cond and oneDNN are CPU-only")
