@@ -37,7 +37,7 @@ from jax import lax
 
 from jresnet import native
 
-__all__ = ["conv2d_nhwc", "get_conv_core", "set_conv_core"]
+__all__ = ["conv2d_nhwc", "get_conv_core", "resolved_conv_core", "set_conv_core"]
 
 CORES = ("auto", "onednn", "materialized", "lax")
 _core = "auto"
@@ -69,8 +69,9 @@ def get_conv_core() -> str:
 def resolved_conv_core(dtype: jnp.dtype | type = jnp.float32) -> str:
     """The core a CPU trace of a convolution in ``dtype`` runs: "onednn", "materialized" or "lax".
 
-    "auto" resolves to "onednn" for fp32 where the kernels load, else to "materialized". Convolutions
-    with negative padding or an empty dimension, which oneDNN rejects, take "materialized" too.
+    "auto" resolves to "onednn" for fp32 where the kernels load, else to "materialized". Even under
+    "onednn", `conv2d_nhwc` sends a convolution with negative padding or an empty dimension (which oneDNN
+    rejects) to "materialized".
     """
     if _core == "lax":
         return "lax"
@@ -168,35 +169,81 @@ XLA_KERNEL_GRAD_MAX_OUTPUT_PIXELS = 64
 XLA_KERNEL_GRAD_MIN_IN_CHANNELS = 128
 
 
-def _xla_kernel_grad_is_faster(w_shape: tuple[int, ...], dy_shape: tuple[int, ...]) -> bool:
-    """Whether XLA's kernel gradient beats oneDNN's for this (C_out, C_in, K, K) kernel and NHWC dy."""
+def _xla_kernel_grad_is_faster(x_shape: tuple[int, ...], w_shape: tuple[int, ...], dy_shape: tuple[int, ...]) -> bool:
+    """Whether XLA's kernel gradient beats oneDNN's for NHWC x and dy and a (C_out, C_in/G, K, K) kernel."""
     kernel_pixels, out_pixels = w_shape[2] * w_shape[3], dy_shape[1] * dy_shape[2]
     return (kernel_pixels > 1 and out_pixels <= XLA_KERNEL_GRAD_MAX_OUTPUT_PIXELS
-            and w_shape[1] >= XLA_KERNEL_GRAD_MIN_IN_CHANNELS)
+            and x_shape[-1] >= XLA_KERNEL_GRAD_MIN_IN_CHANNELS)
 
 
+# The three oneDNN passes, each differentiable in terms of the others (a convolution is bilinear), so that
+# gradients of gradients (gradient penalties, meta-learning, Hessian-vector products) work as under lax.
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv_onednn(x: jax.Array, w: jax.Array, stride: int, padding: Padding, dilation: int, groups: int) -> jax.Array:
-    return _conv_onednn_forward(x, w, stride, padding, dilation, groups)[0]
-
-
-def _conv_onednn_forward(x: jax.Array, w: jax.Array, stride: int, padding: Padding, dilation: int,
-                         groups: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     shape = _out_shape(x, w, stride, padding, dilation, groups)
     geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    return _ffi("jresnet_conv_forward", shape, x, w, **geometry), (x, w)
+    return _ffi("jresnet_conv_forward", shape, x, w, **geometry)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _onednn_input_grad(dy: jax.Array, w: jax.Array, x_shape: tuple[int, ...], stride: int, padding: Padding,
+                       dilation: int, groups: int) -> jax.Array:
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return _ffi("jresnet_conv_backward_data", x_shape, dy, w, **geometry)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _onednn_kernel_grad(x: jax.Array, dy: jax.Array, w_shape: tuple[int, ...], stride: int, padding: Padding,
+                        dilation: int, groups: int) -> jax.Array:
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return _ffi("jresnet_conv_backward_weights", w_shape, x, dy, **geometry)
+
+
+# Each forward rule calls its own custom_vjp function, not the raw FFI call, so that differentiating the
+# rule again (a gradient of a gradient) goes through the custom rules too.
+def _conv_onednn_forward(x: jax.Array, w: jax.Array, stride: int, padding: Padding, dilation: int,
+                         groups: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _conv_onednn(x, w, stride, padding, dilation, groups), (x, w)
 
 
 def _conv_onednn_backward(stride: int, padding: Padding, dilation: int, groups: int,
                           residuals: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, w = residuals
-    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    dx = _ffi("jresnet_conv_backward_data", x.shape, dy, w, **geometry)
-    if _xla_kernel_grad_is_faster(w.shape, dy.shape):
-        return dx, _kernel_grad_materialized(x, w, dy, stride, padding, dilation, groups)
-    return dx, _ffi("jresnet_conv_backward_weights", w.shape, x, dy, **geometry)
+    geometry = (stride, padding, dilation, groups)
+    dx = _onednn_input_grad(dy, w, x.shape, *geometry)
+    if _xla_kernel_grad_is_faster(x.shape, w.shape, dy.shape):
+        return dx, _kernel_grad_materialized(x, w, dy, *geometry)
+    return dx, _onednn_kernel_grad(x, dy, w.shape, *geometry)
 
 
+def _input_grad_forward(dy: jax.Array, w: jax.Array, x_shape: tuple[int, ...], stride: int, padding: Padding,
+                        dilation: int, groups: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _onednn_input_grad(dy, w, x_shape, stride, padding, dilation, groups), (dy, w)
+
+
+def _input_grad_backward(x_shape: tuple[int, ...], stride: int, padding: Padding, dilation: int, groups: int,
+                         residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    # dx = conv_x^T(dy, w) is linear in dy and in w: <dx, g> = <dy, conv(g, w)>.
+    dy, w = residuals
+    geometry = (stride, padding, dilation, groups)
+    return _conv_onednn(g, w, *geometry), _onednn_kernel_grad(g, dy, w.shape, *geometry)
+
+
+def _kernel_grad_forward(x: jax.Array, dy: jax.Array, w_shape: tuple[int, ...], stride: int, padding: Padding,
+                         dilation: int, groups: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _onednn_kernel_grad(x, dy, w_shape, stride, padding, dilation, groups), (x, dy)
+
+
+def _kernel_grad_backward(w_shape: tuple[int, ...], stride: int, padding: Padding, dilation: int, groups: int,
+                          residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    # dw = conv_w^T(x, dy): <dw, g> = <dy, conv(x, g)>.
+    x, dy = residuals
+    geometry = (stride, padding, dilation, groups)
+    return _onednn_input_grad(dy, g, x.shape, *geometry), _conv_onednn(x, g, *geometry)
+
+
+_onednn_input_grad.defvjp(_input_grad_forward, _input_grad_backward)
+_onednn_kernel_grad.defvjp(_kernel_grad_forward, _kernel_grad_backward)
 _conv_onednn.defvjp(_conv_onednn_forward, _conv_onednn_backward)
 
 
@@ -211,7 +258,7 @@ def conv2d_nhwc(x: jax.Array, w: jax.Array, *, stride: int, padding: Sequence[tu
     core = resolved_conv_core(jnp.result_type(x, w))
     if core == "lax":
         return _lax_conv(x, w, stride, pads, dilation, groups)
-    empty = 0 in (*x.shape, *_out_shape(x, w, stride, pads, dilation, groups))
+    empty = 0 in (*x.shape, *w.shape, *_out_shape(x, w, stride, pads, dilation, groups))
     onednn_can = min(min(pair) for pair in pads) >= 0 and not empty
     if core == "onednn" and onednn_can and x.dtype == w.dtype:
         return lax.platform_dependent(

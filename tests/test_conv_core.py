@@ -281,9 +281,30 @@ def test_geometries_onednn_rejects_fall_back_to_xla(core) -> None:
 def test_vmap_over_a_leading_axis_matches_a_loop(core) -> None:
     geometry = dict(stride=2, padding=((1, 1), (1, 1)))
     xs, w = _randn(0, 3, 2, 7, 7, 4), _randn(1, 5, 4, 3, 3)
-    batched = jax.vmap(lambda x: conv2d_nhwc(x, w, **geometry))(xs)
+    conv = jax.vmap(lambda x: conv2d_nhwc(x, w, **geometry))
+    batched = conv(xs)
+    assert ("jresnet_conv_forward" in _custom_calls(jax.jit(conv).lower(xs).as_text())) == (core == "onednn")
     for i in range(3):
         assert_close(batched[i], _lax_reference(xs[i], w, **geometry), 1e-5)
+
+
+def test_gradients_of_gradients_match_lax(core) -> None:
+    # A gradient penalty: d/dw of |d loss/dx|^2 needs the backward passes' own derivatives.
+    geometry = dict(stride=2, padding=((1, 1), (1, 1)))
+    x, w, r = _randn(0, 2, 9, 9, 4), _randn(1, 6, 4, 3, 3) * 0.3, _randn(2, 2, 5, 5, 6)
+
+    def penalty(conv):
+        def loss(x, w):
+            return jnp.sum(jnp.sin(conv(x, w, **geometry)) * r)
+
+        def grad_norm(x, w):
+            gx, gw = jax.grad(loss, argnums=(0, 1))(x, w)
+            return jnp.sum(gx * gx) + jnp.sum(jnp.cos(gw))
+
+        return jax.jit(jax.grad(grad_norm, argnums=(0, 1)))
+
+    for a, b in zip(penalty(conv2d_nhwc)(x, w), penalty(_lax_reference)(x, w), strict=True):
+        assert_close(a, b, 1e-5)
 
 
 def _float64_reference(x: np.ndarray, w: np.ndarray, dy: np.ndarray, **geometry) -> list[np.ndarray]:

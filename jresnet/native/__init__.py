@@ -20,6 +20,7 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -70,14 +71,14 @@ def _onednn_prefix() -> tuple[Path, str] | None:
     return None
 
 
-def _compile(prefix: Path, compiler: str, target: Path) -> None:
+def _compile(prefix: Path, compiler: list[str], target: Path) -> None:
     import jax.ffi
 
     target.parent.mkdir(parents=True, exist_ok=True)
     # Compile to a private name, then rename: parallel test workers may build at once.
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
+        cmd = [*compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
                f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}", str(SOURCE),
                f"-L{prefix / 'lib'}", "-ldnnl", f"-Wl,-rpath,{prefix / 'lib'}", "-o", str(out)]
         result = subprocess.run(cmd, capture_output=True, text=True)
@@ -112,14 +113,18 @@ def _status() -> NativeStatus:
     if found is None:
         return NativeStatus(False, reason="oneDNN is not installed: pip install 'jresnet[onednn]'")
     prefix, onednn_version = found
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
+    found_compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if found_compiler is None:
         return NativeStatus(False, reason="no C++ compiler found (set CXX, or install g++)")
+    compiler = shlex.split(found_compiler)  # CXX may carry a wrapper or flags: "ccache g++"
     import jaxlib
 
+    # An in-place upgrade of oneDNN's headers or of jaxlib's FFI API must rebuild; so must a new source.
+    version_header = prefix / "include" / "oneapi" / "dnnl" / "dnnl_version.h"
     fingerprint = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), compiler.encode(), jaxlib.__version__.encode(), onednn_version.encode(),
-                 str(prefix).encode()):
+    for part in (SOURCE.read_bytes(), " ".join(compiler).encode(), jaxlib.__version__.encode(),
+                 onednn_version.encode(), str(prefix).encode(),
+                 version_header.read_bytes() if version_header.is_file() else b""):
         fingerprint.update(part)
     library = cache_dir() / f"jresnet_onednn_{fingerprint.hexdigest()[:16]}.so"
     try:
@@ -158,6 +163,8 @@ def implementations(batch: int, in_hw: tuple[int, int], in_c: int, out_hw: tuple
     lib = _library()
     if lib is None:
         raise RuntimeError(f"the oneDNN kernels are not available: {unavailable_reason()}")
+    if groups < 1:
+        raise ValueError(f"implementations: groups must be >= 1; got {groups}")
     geometry = (ctypes.c_int64 * 18)(batch, *in_hw, in_c, *out_hw, out_c, *kernel, stride, stride, *padding,
                                      dilation, dilation, groups)
     names = {}

@@ -13,6 +13,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -131,15 +133,32 @@ const Plan& GetPlan(Direction direction, const Geometry& g) {
   return *slot;
 }
 
-// Reusable per-thread buffers, so a step does not page-fault fresh scratch memory on every call.
-void* ThreadBuffer(int slot, size_t bytes) {
-  thread_local std::vector<std::unique_ptr<char[]>> buffers(2);
-  thread_local std::vector<size_t> sizes(2, 0);
+// Reusable, 64-byte aligned buffers, so a step does not page-fault fresh scratch memory on every call. One
+// set serves the process: calls are serialised by ExecutionMutex(), which every caller holds.
+void* SharedBuffer(int slot, size_t bytes) {
+  static void* buffers[2] = {nullptr, nullptr};
+  static size_t sizes[2] = {0, 0};
   if (sizes[slot] < bytes) {
-    buffers[slot].reset(new char[bytes]);
+    std::free(buffers[slot]);
+    buffers[slot] = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (buffers[slot] == nullptr) {
+      sizes[slot] = 0;
+      throw std::bad_alloc();
+    }
     sizes[slot] = bytes;
   }
-  return buffers[slot].get();
+  return buffers[slot];
+}
+
+// Why a geometry cannot be computed ("" when it can): checked before any division by groups.
+std::string Invalid(const Geometry& g) {
+  for (int64_t v : {g.batch, g.in_h, g.in_w, g.in_c, g.out_h, g.out_w, g.out_c, g.k_h, g.k_w, g.stride_h,
+                    g.stride_w, g.dil_h, g.dil_w, g.groups})
+    if (v < 1) return "every size, stride, dilation and groups must be >= 1";
+  for (int64_t v : {g.pad_top, g.pad_bottom, g.pad_left, g.pad_right})
+    if (v < 0) return "padding must be >= 0";
+  if (g.in_c % g.groups != 0 || g.out_c % g.groups != 0) return "channels must be divisible by groups";
+  return "";
 }
 
 ffi::Error Geometry4(ffi::Span<const int64_t> v, const char* name, int64_t want) {
@@ -161,6 +180,8 @@ ffi::ErrorOr<Geometry> MakeGeometry(ffi::Span<const int64_t> src, ffi::Span<cons
   Geometry g{src[0],     src[1],     src[2],     src[3],     dst[1],      dst[2],     dst[3],      kernel[2],
              kernel[3],  strides[0], strides[1], padding[0], padding[1], padding[2], padding[3], dilation[0],
              dilation[1], groups};
+  if (src[0] != dst[0]) return ffi::Unexpected(ffi::Error::InvalidArgument("input and output batch differ"));
+  if (std::string why = Invalid(g); !why.empty()) return ffi::Unexpected(ffi::Error::InvalidArgument(why));
   if (kernel[0] != g.out_c || kernel[1] * groups != g.in_c)
     return ffi::Unexpected(ffi::Error::InvalidArgument("kernel (O, I/G, K, K) does not match the activations"));
   return g;
@@ -187,6 +208,10 @@ ffi::Error Guarded(Run run) {
     ++busy_calls;
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  } catch (const std::exception& e) {  // e.g. bad_alloc: an exception must not leave an FFI handler
+    return ffi::Error::Internal(std::string("jresnet oneDNN convolution: ") + e.what());
+  } catch (...) {
+    return ffi::Error::Internal("jresnet oneDNN convolution: unknown C++ exception");
   }
   return ffi::Error::Success();
 }
@@ -194,7 +219,7 @@ ffi::Error Guarded(Run run) {
 void Execute(const Plan& plan, std::unordered_map<int, dnnl::memory> args) {
   dnnl::stream stream(Engine());
   args[DNNL_ARG_SCRATCHPAD] =
-      dnnl::memory(plan.scratchpad, Engine(), ThreadBuffer(0, plan.scratchpad.get_size()));
+      dnnl::memory(plan.scratchpad, Engine(), SharedBuffer(0, plan.scratchpad.get_size()));
   plan.conv.execute(stream, args);
   stream.wait();
 }
@@ -203,7 +228,7 @@ void Execute(const Plan& plan, std::unordered_map<int, dnnl::memory> args) {
 dnnl::memory KernelIn(const Plan& plan, const Geometry& g, void* user) {
   dnnl::memory mem(UserWeights(g), Engine(), user);
   if (!plan.reorder) return mem;
-  dnnl::memory blocked(plan.weights, Engine(), ThreadBuffer(1, plan.weights.get_size()));
+  dnnl::memory blocked(plan.weights, Engine(), SharedBuffer(1, plan.weights.get_size()));
   dnnl::stream stream(Engine());
   plan.weights_reorder.execute(stream, mem, blocked);
   stream.wait();
@@ -244,7 +269,7 @@ ffi::Error BackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy
   return Guarded([&] {
     const Plan& plan = GetPlan(kBackwardWeights, *g);
     dnnl::memory user(UserWeights(*g), Engine(), dw->typed_data());
-    dnnl::memory out = plan.reorder ? dnnl::memory(plan.weights, Engine(), ThreadBuffer(1, plan.weights.get_size()))
+    dnnl::memory out = plan.reorder ? dnnl::memory(plan.weights, Engine(), SharedBuffer(1, plan.weights.get_size()))
                                     : user;
     Execute(plan, {{DNNL_ARG_SRC, dnnl::memory(Activations(g->Src()), Engine(), x.typed_data())},
                    {DNNL_ARG_DIFF_DST, dnnl::memory(Activations(g->Dst()), Engine(), dy.typed_data())},
@@ -281,10 +306,14 @@ extern "C" int JresnetConvImpl(int direction, const int64_t* geometry, char* out
     Geometry g{geometry[0],  geometry[1],  geometry[2],  geometry[3],  geometry[4],  geometry[5],
                geometry[6],  geometry[7],  geometry[8],  geometry[9],  geometry[10], geometry[11],
                geometry[12], geometry[13], geometry[14], geometry[15], geometry[16], geometry[17]};
+    if (std::string why = Invalid(g); !why.empty()) {
+      snprintf(out, out_len, "%s", why.c_str());
+      return 1;
+    }
     std::string impl = GetPlan(static_cast<Direction>(direction), g).impl;
     snprintf(out, out_len, "%s", impl.c_str());
     return 0;
-  } catch (const dnnl::error& e) {
+  } catch (const std::exception& e) {  // dnnl::error derives from std::exception
     snprintf(out, out_len, "%s", e.what());
     return 1;
   }
@@ -292,10 +321,6 @@ extern "C" int JresnetConvImpl(int direction, const int64_t* geometry, char* out
 
 // For profiling: nanoseconds spent inside oneDNN and the number of calls since the last reset.
 extern "C" void JresnetConvBusy(int64_t* ns, int64_t* calls, int reset) {
-  *ns = busy_ns.load();
-  *calls = busy_calls.load();
-  if (reset) {
-    busy_ns = 0;
-    busy_calls = 0;
-  }
+  *ns = reset ? busy_ns.exchange(0) : busy_ns.load();
+  *calls = reset ? busy_calls.exchange(0) : busy_calls.load();
 }

@@ -50,6 +50,10 @@ def test_resnet_convolutions_get_optimised_kernels_not_the_reference_loop(c_in, 
 def test_implementations_rejects_an_inconsistent_geometry() -> None:
     with pytest.raises(ValueError, match="oneDNN rejected"):
         native.implementations(2, (8, 8), 4, (5, 5), 4, (3, 3))  # 8 - 3 + 1 is 6, not 5
+    with pytest.raises(ValueError, match="divisible by groups"):
+        native.implementations(2, (8, 8), 4, (6, 6), 6, (3, 3), groups=4)
+    with pytest.raises(ValueError, match="groups must be >= 1; got 0"):
+        native.implementations(2, (8, 8), 4, (6, 6), 4, (3, 3), groups=0)
 
 
 def _status_in_subprocess(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -111,6 +115,7 @@ def test_busy_time_counts_each_kernel_call() -> None:
                             argnums=(0, 1)))
     x, w = jnp.ones((2, 6, 6, 3)), jnp.ones((4, 3, 3, 3))
     jax.block_until_ready(loss(x, w))  # compile
+    jax.effects_barrier()  # nothing else still running
     native.busy_time(reset=True)
     jax.block_until_ready(loss(x, w))
     seconds, calls = native.busy_time(reset=True)
