@@ -17,9 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _restore_xla_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    """main() edits XLA_FLAGS in os.environ; put it back after each test."""
+    """main() edits XLA_FLAGS and OMP_WAIT_POLICY in os.environ; put them back after each test."""
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
     monkeypatch.delenv("JRESNET_XLA_FLAGS", raising=False)
+    if "OMP_WAIT_POLICY" in os.environ:
+        monkeypatch.setenv("OMP_WAIT_POLICY", os.environ["OMP_WAIT_POLICY"])
+    else:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
 
 
 def test_shapes_prints_the_arithmetic(capsys) -> None:
@@ -93,7 +97,21 @@ def test_bad_input_spec_is_an_argparse_error(capsys) -> None:
     assert "C x H x W" in capsys.readouterr().err
 
 
+def test_apply_cpu_xla_flags_sets_the_openmp_wait_policy_unless_the_user_did(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("JRESNET_XLA_FLAGS", "0")
+    apply_cpu_xla_flags()
+    assert "OMP_WAIT_POLICY" not in os.environ  # opted out
+    monkeypatch.delenv("JRESNET_XLA_FLAGS")
+    apply_cpu_xla_flags()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    apply_cpu_xla_flags()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice wins
+
+
 def test_apply_cpu_xla_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     apply_cpu_xla_flags()
     flags = os.environ["XLA_FLAGS"]
