@@ -253,6 +253,12 @@ def build_workers(model: str, dtype: str, args: argparse.Namespace, steps: int) 
     chw = "x".join(str(v) for v in args.input)
     base_env = dict(os.environ)
     base_env.pop("JRESNET_XLA_FLAGS", None)
+    # JAX workers get the environment jresnet's CLI sets (OMP_WAIT_POLICY for the oneDNN kernels; the
+    # caller's own values win); torch keeps the caller's environment, as a torch user would run it.
+    from jresnet.cli import CPU_ENVIRONMENT
+
+    torch_env = base_env
+    base_env = {**CPU_ENVIRONMENT, **base_env}
     flag_env = {**base_env, "XLA_FLAGS": f"{base_env.get('XLA_FLAGS', '')} {args.xla_flags}".strip()}
     common = ["--model", model, "--batch", str(args.batch), "--dtype", dtype, "--input", chw]
     me = [sys.executable, str(HERE / "bench.py"), "--worker", *common, "--matmul-n", str(args.matmul_n)]
@@ -275,7 +281,7 @@ def build_workers(model: str, dtype: str, args: argparse.Namespace, steps: int) 
             if f"torch-{v}" in args.variants:
                 cmd = [args.torch_python, str(HERE / "torch_reference.py"), "--serve", "--variant", v,
                        *common]
-                workers.append(Worker(f"torch-{v}", f"torch-{v}", False, cmd, base_env))
+                workers.append(Worker(f"torch-{v}", f"torch-{v}", False, cmd, torch_env))
     return workers
 
 
