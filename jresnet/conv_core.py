@@ -27,7 +27,7 @@ values and gradients; they differ in which kernels run it. `set_conv_core` picks
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import jax
@@ -151,8 +151,8 @@ def _geometry(stride: int, padding: Padding, dilation: int, groups: int) -> dict
                 padding=np.array([*padding[0], *padding[1]], np.int64), groups=np.int64(groups))
 
 
-def _ffi(target: str, shape: tuple[int, ...], *operands: jax.Array, stride: int, padding: Padding, dilation: int,
-         groups: int) -> jax.Array:
+def _ffi(target: str, shape: tuple[int, ...], operands: tuple[jax.Array, jax.Array], stride: int, padding: Padding,
+         dilation: int, groups: int) -> jax.Array:
     call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="sequential")
     return call(*operands, **_geometry(stride, padding, dilation, groups))
 
@@ -181,29 +181,28 @@ def _xla_kernel_grad_is_faster(x_shape: tuple[int, ...], w_shape: tuple[int, ...
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv_onednn(x: jax.Array, w: jax.Array, stride: int, padding: Padding, dilation: int, groups: int) -> jax.Array:
     shape = _out_shape(x, w, stride, padding, dilation, groups)
-    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    return _ffi("jresnet_conv_forward", shape, x, w, **geometry)
+    return _ffi("jresnet_conv_forward", shape, (x, w), stride, padding, dilation, groups)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _onednn_input_grad(dy: jax.Array, w: jax.Array, x_shape: tuple[int, ...], stride: int, padding: Padding,
                        dilation: int, groups: int) -> jax.Array:
-    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    return _ffi("jresnet_conv_backward_data", x_shape, dy, w, **geometry)
+    return _ffi("jresnet_conv_backward_data", x_shape, (dy, w), stride, padding, dilation, groups)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _onednn_kernel_grad(x: jax.Array, dy: jax.Array, w_shape: tuple[int, ...], stride: int, padding: Padding,
                         dilation: int, groups: int) -> jax.Array:
-    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    return _ffi("jresnet_conv_backward_weights", w_shape, x, dy, **geometry)
+    return _ffi("jresnet_conv_backward_weights", w_shape, (x, dy), stride, padding, dilation, groups)
 
 
-# Each forward rule calls its own custom_vjp function, not the raw FFI call, so that differentiating the
-# rule again (a gradient of a gradient) goes through the custom rules too.
-def _conv_onednn_forward(x: jax.Array, w: jax.Array, stride: int, padding: Padding, dilation: int,
-                         groups: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _conv_onednn(x, w, stride, padding, dilation, groups), (x, w)
+def _saving_operands(f: Callable[..., jax.Array]) -> Callable[..., tuple[jax.Array, tuple[jax.Array, jax.Array]]]:
+    """The forward rule of a oneDNN pass: the pass itself, with its two array operands as residuals.
+
+    It calls the custom_vjp function, not the raw FFI call, so that differentiating the rule again (a
+    gradient of a gradient) goes through the custom rules too.
+    """
+    return lambda a, b, *static: (f(a, b, *static), (a, b))
 
 
 def _conv_onednn_backward(stride: int, padding: Padding, dilation: int, groups: int,
@@ -216,22 +215,12 @@ def _conv_onednn_backward(stride: int, padding: Padding, dilation: int, groups: 
     return dx, _onednn_kernel_grad(x, dy, w.shape, *geometry)
 
 
-def _input_grad_forward(dy: jax.Array, w: jax.Array, x_shape: tuple[int, ...], stride: int, padding: Padding,
-                        dilation: int, groups: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _onednn_input_grad(dy, w, x_shape, stride, padding, dilation, groups), (dy, w)
-
-
 def _input_grad_backward(x_shape: tuple[int, ...], stride: int, padding: Padding, dilation: int, groups: int,
                          residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
     # dx = conv_x^T(dy, w) is linear in dy and in w: <dx, g> = <dy, conv(g, w)>.
     dy, w = residuals
     geometry = (stride, padding, dilation, groups)
     return _conv_onednn(g, w, *geometry), _onednn_kernel_grad(g, dy, w.shape, *geometry)
-
-
-def _kernel_grad_forward(x: jax.Array, dy: jax.Array, w_shape: tuple[int, ...], stride: int, padding: Padding,
-                         dilation: int, groups: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _onednn_kernel_grad(x, dy, w_shape, stride, padding, dilation, groups), (x, dy)
 
 
 def _kernel_grad_backward(w_shape: tuple[int, ...], stride: int, padding: Padding, dilation: int, groups: int,
@@ -242,9 +231,9 @@ def _kernel_grad_backward(w_shape: tuple[int, ...], stride: int, padding: Paddin
     return _onednn_input_grad(dy, g, x.shape, *geometry), _conv_onednn(x, g, *geometry)
 
 
-_onednn_input_grad.defvjp(_input_grad_forward, _input_grad_backward)
-_onednn_kernel_grad.defvjp(_kernel_grad_forward, _kernel_grad_backward)
-_conv_onednn.defvjp(_conv_onednn_forward, _conv_onednn_backward)
+_onednn_input_grad.defvjp(_saving_operands(_onednn_input_grad), _input_grad_backward)
+_onednn_kernel_grad.defvjp(_saving_operands(_onednn_kernel_grad), _kernel_grad_backward)
+_conv_onednn.defvjp(_saving_operands(_conv_onednn), _conv_onednn_backward)
 
 
 def conv2d_nhwc(x: jax.Array, w: jax.Array, *, stride: int, padding: Sequence[tuple[int, int]], dilation: int = 1,

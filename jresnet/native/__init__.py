@@ -96,6 +96,13 @@ def _library() -> ctypes.CDLL | None:
     return ctypes.CDLL(str(st.library)) if st.available else None
 
 
+def _loaded_library() -> ctypes.CDLL:
+    lib = _library()
+    if lib is None:
+        raise RuntimeError(f"the oneDNN kernels are not available: {unavailable_reason()}")
+    return lib
+
+
 def status() -> NativeStatus:
     """Build (once per machine) and load the oneDNN kernels, registering them with XLA for the CPU."""
     with _lock:  # threads tracing at once must not build or register twice
@@ -160,9 +167,7 @@ def implementations(batch: int, in_hw: tuple[int, int], in_c: int, out_hw: tuple
     A name starting with "ref" is oneDNN's slow reference loop: a shape that gets one is worth a look.
     padding is (top, bottom, left, right).
     """
-    lib = _library()
-    if lib is None:
-        raise RuntimeError(f"the oneDNN kernels are not available: {unavailable_reason()}")
+    lib = _loaded_library()
     if groups < 1:
         raise ValueError(f"implementations: groups must be >= 1; got {groups}")
     geometry = (ctypes.c_int64 * 18)(batch, *in_hw, in_c, *out_hw, out_c, *kernel, stride, stride, *padding,
@@ -178,9 +183,7 @@ def implementations(batch: int, in_hw: tuple[int, int], in_c: int, out_hw: tuple
 
 def busy_time(reset: bool = False) -> tuple[float, int]:
     """Seconds spent inside the oneDNN kernels, and their number of calls, since the last reset (profiling)."""
-    lib = _library()
-    if lib is None:
-        raise RuntimeError(f"the oneDNN kernels are not available: {unavailable_reason()}")
+    lib = _loaded_library()
     ns, calls = ctypes.c_int64(), ctypes.c_int64()
     lib.JresnetConvBusy(ctypes.byref(ns), ctypes.byref(calls), int(reset))
     return ns.value / 1e9, calls.value

@@ -235,17 +235,26 @@ dnnl::memory KernelIn(const Plan& plan, const Geometry& g, void* user) {
   return blocked;
 }
 
+dnnl::memory Activation(const dims& d, void* data) { return dnnl::memory(Activations(d), Engine(), data); }
+
+// The forward pass and the input gradient both read the kernel; the forward reads src and writes dst, the
+// input gradient reads diff_dst and writes diff_src.
+ffi::Error ReadingKernel(Direction direction, const Geometry& g, void* src, void* weights, void* dst) {
+  return Guarded([&] {
+    const Plan& plan = GetPlan(direction, g);
+    bool forward = direction == kForward;
+    Execute(plan, {{forward ? DNNL_ARG_SRC : DNNL_ARG_DIFF_SRC, Activation(g.Src(), src)},
+                   {DNNL_ARG_WEIGHTS, KernelIn(plan, g, weights)},
+                   {forward ? DNNL_ARG_DST : DNNL_ARG_DIFF_DST, Activation(g.Dst(), dst)}});
+  });
+}
+
 ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
                        ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                        ffi::Span<const int64_t> dilation, int64_t groups) {
   auto g = MakeGeometry(x.dimensions(), y->dimensions(), w.dimensions(), strides, padding, dilation, groups);
   if (g.has_error()) return g.error();
-  return Guarded([&] {
-    const Plan& plan = GetPlan(kForward, *g);
-    Execute(plan, {{DNNL_ARG_SRC, dnnl::memory(Activations(g->Src()), Engine(), x.typed_data())},
-                   {DNNL_ARG_WEIGHTS, KernelIn(plan, *g, w.typed_data())},
-                   {DNNL_ARG_DST, dnnl::memory(Activations(g->Dst()), Engine(), y->typed_data())}});
-  });
+  return ReadingKernel(kForward, *g, x.typed_data(), w.typed_data(), y->typed_data());
 }
 
 ffi::Error BackwardDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
@@ -253,12 +262,7 @@ ffi::Error BackwardDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, f
                             ffi::Span<const int64_t> dilation, int64_t groups) {
   auto g = MakeGeometry(dx->dimensions(), dy.dimensions(), w.dimensions(), strides, padding, dilation, groups);
   if (g.has_error()) return g.error();
-  return Guarded([&] {
-    const Plan& plan = GetPlan(kBackwardData, *g);
-    Execute(plan, {{DNNL_ARG_DIFF_DST, dnnl::memory(Activations(g->Dst()), Engine(), dy.typed_data())},
-                   {DNNL_ARG_WEIGHTS, KernelIn(plan, *g, w.typed_data())},
-                   {DNNL_ARG_DIFF_SRC, dnnl::memory(Activations(g->Src()), Engine(), dx->typed_data())}});
-  });
+  return ReadingKernel(kBackwardData, *g, dx->typed_data(), w.typed_data(), dy.typed_data());
 }
 
 ffi::Error BackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
@@ -271,8 +275,8 @@ ffi::Error BackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy
     dnnl::memory user(UserWeights(*g), Engine(), dw->typed_data());
     dnnl::memory out = plan.reorder ? dnnl::memory(plan.weights, Engine(), SharedBuffer(1, plan.weights.get_size()))
                                     : user;
-    Execute(plan, {{DNNL_ARG_SRC, dnnl::memory(Activations(g->Src()), Engine(), x.typed_data())},
-                   {DNNL_ARG_DIFF_DST, dnnl::memory(Activations(g->Dst()), Engine(), dy.typed_data())},
+    Execute(plan, {{DNNL_ARG_SRC, Activation(g->Src(), x.typed_data())},
+                   {DNNL_ARG_DIFF_DST, Activation(g->Dst(), dy.typed_data())},
                    {DNNL_ARG_DIFF_WEIGHTS, out}});
     if (plan.reorder) {
       dnnl::stream stream(Engine());
