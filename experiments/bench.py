@@ -130,19 +130,29 @@ class Worker:
     busy: list[float] = field(default_factory=list)  # others' busy cores sampled before each request
     error: str | None = None
 
-    def start(self) -> bool:
-        """Start the process and wait for its ready line; False (with ``error``) if it failed."""
-        start = time.perf_counter()
+    spawned_at: float = 0.0
+
+    def spawn(self) -> None:
+        """Start the process; it builds, compiles and warms up its model, then prints its ready line."""
+        self.spawned_at = time.perf_counter()
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
                                      text=True, env=self.env, cwd=str(HERE.parent))
+
+    def wait_ready(self) -> bool:
+        """Wait for the ready line; False (with ``error``) if the worker failed."""
         reply = self._read()
         if reply is None or not reply.get("ready"):
             self.error = self.error or f"did not start: {reply}"
             self.stop()
             return False
         self.info = reply
-        self.info["startup_s"] = time.perf_counter() - start
+        self.info["startup_s"] = time.perf_counter() - self.spawned_at
         return True
+
+    def start(self) -> bool:
+        """Start the process and wait for its ready line; False (with ``error``) if it failed."""
+        self.spawn()
+        return self.wait_ready()
 
     def _read(self) -> dict[str, Any] | None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -248,10 +258,23 @@ def _fmt_ratio(r: dict[str, float] | None) -> str:
     return "n/a" if r is None else f"{r['median']:.3f} ({r['min']:.2f}–{r['max']:.2f})"
 
 
-def build_workers(model: str, dtype: str, args: argparse.Namespace, steps: int) -> list[Worker]:
+def model_input(model: str, given: tuple[int, int, int] | None) -> tuple[int, int, int]:
+    """``given``, or the model's own input size: 3×32×32 for CIFAR stems, 3×224×224 for ImageNet ones."""
+    if given is not None:
+        return given
+    from jresnet.bench import default_input_shape
+    from jresnet.registry import get_spec
+
+    return default_input_shape(get_spec(model))
+
+
+def build_workers(model: str, dtype: str, input_shape: tuple[int, int, int], args: argparse.Namespace,
+                  steps: int) -> list[Worker]:
     """The workers of one (model, dtype, input) group, in the order they run in a round."""
-    chw = "x".join(str(v) for v in args.input)
-    base_env = dict(os.environ)
+    chw = "x".join(str(v) for v in input_shape)
+    # Every worker of a group holds its model on the device at once: JAX must not take 75% of a GPU's
+    # memory up front (its default), or the torch workers beside it would run out.
+    base_env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **os.environ}
     base_env.pop("JRESNET_XLA_FLAGS", None)
     # JAX workers get the environment jresnet's CLI sets (OMP_WAIT_POLICY for the oneDNN kernels; the
     # caller's own values win); torch keeps the caller's environment, as a torch user would run it.
@@ -287,15 +310,20 @@ def build_workers(model: str, dtype: str, args: argparse.Namespace, steps: int) 
 
 def run_group(model: str, dtype: str, args: argparse.Namespace, steps: int) -> dict[str, Any]:
     """Start one group's workers, run the interleaved rounds, stop them; returns the group's record."""
-    workers = build_workers(model, dtype, args, steps)
-    group: dict[str, Any] = {"model": model, "dtype": dtype, "batch": args.batch, "input": list(args.input),
+    input_shape = model_input(model, args.input)
+    workers = build_workers(model, dtype, input_shape, args, steps)
+    group: dict[str, Any] = {"model": model, "dtype": dtype, "batch": args.batch, "input": list(input_shape),
                              "steps": steps, "repeats": args.repeats, "matmul_n": args.matmul_n,
                              "xla_flags": args.xla_flags, "xla_flags_env": os.environ.get("XLA_FLAGS", ""),
                              "loadavg_rounds": [], "busy_rounds": [], "waited_rounds": [], "peak_s": []}
+    group["started_together"] = args.start_together
     try:
+        if args.start_together:  # many cores: compile side by side (compile s then overlap), time one by one
+            for w in workers:
+                w.spawn()
         for w in workers:
             print(f"[{model} {dtype}] starting {w.label} ...", file=sys.stderr, flush=True)
-            if w.start():
+            if w.wait_ready() if args.start_together else w.start():
                 compile_s = w.info.get("compile_train_s", math.nan)
                 print(f"  ready in {w.info['startup_s']:.1f} s (compile {compile_s:.1f} s)", file=sys.stderr,
                       flush=True)
@@ -423,12 +451,22 @@ def markdown(groups: list[dict[str, Any]]) -> str:
         extra = ""
         if jr.get("checks_hlo_identical") is not None:
             extra = f"; checked and unchecked forward lower to the same program: {jr['checks_hlo_identical']}"
+        env = jr.get("env", {})
+        if env.get("backend"):
+            extra += f"; JAX {env.get('jax', '')} on {env['backend']} ({env.get('device', '?')})"
+        torch_info = next((w["info"] for label, w in g["workers"].items() if label.startswith("torch") and w["info"]),
+                          None)
+        if torch_info:
+            extra += (f"; torch {torch_info.get('torch', '')} on {torch_info.get('device', 'cpu')}"
+                      + (f" ({torch_info['gpu']})" if torch_info.get("gpu") else ""))
         isa = jr.get("env", {}).get("cpu_isa")
         if isa is not None:
             extra += f"; CPU vector extensions: {', '.join(isa) or 'none of AVX2/AVX-512/AMX/NEON'}"
         core = jr.get("env", {}).get("conv_core")
         if core is not None:
             extra += f"; jresnet fp32 conv core on CPU: {core['fp32_on_cpu']} (oneDNN: {core['onednn']})"
+        if g.get("started_together"):
+            extra += "; workers compiled side by side (--start-together), so compile s overlap"
         if jr.get("checks_error"):
             extra += f"; jresnet with checks on failed: {jr['checks_error'][:160]}"
         busy = ", ".join(f"{x:.2f}" for x in g["busy_rounds"])
@@ -438,7 +476,7 @@ def markdown(groups: list[dict[str, Any]]) -> str:
                      f"fp32 {g['matmul_n']}³ matmul peak {_fmt(g['peak_gflops'])} GFLOP/s (median of "
                      f"{len(g['peak_s'])}, best {_fmt(g.get('peak_best_gflops', math.nan))}){extra}")
     lines.append("- bg cores: median number of cores other processes kept busy in the 0.2 s before each of "
-                 "the row's timed repeats (our workers idle); 2 cores in all")
+                 f"the row's timed repeats (our workers idle); {os.cpu_count()} cores in all")
     for flags, env in sorted({(g.get("xla_flags", ""), g.get("xla_flags_env", "")) for g in groups}):
         lines.append(f"- [flags] = XLA_FLAGS={flags!r}; other JAX rows: XLA_FLAGS={env!r}")
     return "\n".join(lines)
@@ -489,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="resnet20,resnet18_cifar")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp32,bf16")
-    parser.add_argument("--input", type=_parse_input, default=(3, 32, 32), help="C x H x W (default 3x32x32)")
+    parser.add_argument("--input", type=_parse_input, default=None,
+                        help="C x H x W (default: the model's, 3x32x32 for CIFAR nets, 3x224x224 for ImageNet)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", default="5", help="steps per repeat: 5, or 5,resnet18_cifar=2")
     parser.add_argument("--xla-flags", default="", help="also run jresnet and flax-ref under these XLA_FLAGS")
@@ -501,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time jresnet imported from DIR (e.g. a `git worktree` of an older commit), "
                              "as jresnet-before, with paired after/before ratios")
     parser.add_argument("--matmul-n", type=int, default=2048)
+    parser.add_argument("--start-together", action="store_true",
+                        help="start a group's workers at once (compile side by side; for machines with many "
+                             "cores, e.g. a GPU host): shorter runs, but each compile s is inflated")
     parser.add_argument("--quiet", type=float, default=0.5,
                         help="before each round, wait until other processes use fewer cores (0: never)")
     parser.add_argument("--max-wait", type=float, default=60.0, help="longest wait per round, seconds")

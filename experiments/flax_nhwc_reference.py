@@ -1,4 +1,4 @@
-"""A plain Flax NNX reference of resnet20 and resnet18_cifar in NHWC, for `experiments/bench.py`.
+"""A plain Flax NNX reference of resnet20, resnet18_cifar and resnet50 in NHWC, for `experiments/bench.py`.
 
 This is what a Flax user would write without jresnet: ``nnx.Conv`` / ``nnx.BatchNorm`` (momentum 0.9,
 eps 1e-5) / ``nnx.Linear`` on (B, H, W, C) images, no shape checks, no layout changes. It is the
@@ -8,6 +8,8 @@ yardstick for jresnet's overhead: jresnet computes in NHWC inside, so it should 
   plus zero-padded channels); 269,722 parameters.
 - ``resnet18_cifar``: kuangliu's CIFAR ResNet-18, a 3×3 stem and projection (1×1 conv + BN) shortcuts;
   11,173,962 parameters.
+- ``resnet50``: torchvision's ResNet-50 (v1.5: the stride on the 3×3 of each bottleneck), a 7×7 stride-2
+  stem and a 3×3 stride-2 max pool, 1000 classes at 224×224; 25,557,032 parameters.
 
 The train step is minimal and mirrors jresnet's: ``nnx.split`` once, then one ``jax.jit`` over
 (params, batch_stats, opt_state, uint8 images, labels) that normalises the images, runs forward and
@@ -108,16 +110,65 @@ class CifarResNet(nnx.Module):
         return self.fc(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)
 
 
-def create(name: str, *, in_channels: int = 3, dtype: Any = jnp.float32, seed: int = 0) -> CifarResNet:
-    """``resnet20`` (option A, 16/32/64) or ``resnet18_cifar`` (projection shortcuts, 64..512)."""
+class Bottleneck(nnx.Module):
+    """conv1×1-BN-ReLU-conv3×3(stride)-BN-ReLU-conv1×1(4×)-BN plus a shortcut, then ReLU."""
+
+    def __init__(self, cin: int, planes: int, stride: int, dtype: Any, rngs: nnx.Rngs) -> None:
+        cout = 4 * planes
+        self.conv1, self.bn1 = conv(cin, planes, 1, 1, dtype, rngs), bn(planes, dtype, rngs)
+        self.conv2, self.bn2 = conv(planes, planes, 3, stride, dtype, rngs), bn(planes, dtype, rngs)
+        self.conv3, self.bn3 = conv(planes, cout, 1, 1, dtype, rngs), bn(cout, dtype, rngs)
+        self.project = stride != 1 or cin != cout
+        if self.project:
+            self.proj, self.proj_bn = conv(cin, cout, 1, stride, dtype, rngs), bn(cout, dtype, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jax.nn.relu(self.bn1(self.conv1(x)))
+        y = jax.nn.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return jax.nn.relu(y + (self.proj_bn(self.proj(x)) if self.project else x))
+
+
+class ImageNetResNet(nnx.Module):
+    """A 7×7-stem ImageNet ResNet of bottleneck blocks on (B, H, W, C) images."""
+
+    def __init__(self, depths: tuple[int, ...], *, in_channels: int = 3, num_classes: int = 1000,
+                 dtype: Any = jnp.float32, rngs: nnx.Rngs) -> None:
+        self.conv1 = nnx.Conv(in_channels, 64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+                              kernel_init=_conv_init, dtype=dtype, rngs=rngs)
+        self.bn1 = bn(64, dtype, rngs)
+        blocks, c = [], 64
+        for i, depth in enumerate(depths):
+            for b in range(depth):
+                blocks.append(Bottleneck(c, 64 * 2**i, 2 if i > 0 and b == 0 else 1, dtype, rngs))
+                c = 4 * 64 * 2**i
+        self.blocks = nnx.List(blocks)
+        self.fc = nnx.Linear(c, num_classes, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jax.nn.relu(self.bn1(self.conv1(x)))
+        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for block in self.blocks:
+            x = block(x)
+        return self.fc(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)
+
+
+MODELS = ("resnet20", "resnet18_cifar", "resnet50")
+
+
+def create(name: str, *, in_channels: int = 3, dtype: Any = jnp.float32,
+           seed: int = 0) -> CifarResNet | ImageNetResNet:
+    """``resnet20`` (option A, 16/32/64), ``resnet18_cifar`` (projection shortcuts, 64..512) or ``resnet50``."""
     rngs = nnx.Rngs(seed)
+    if name == "resnet50":
+        return ImageNetResNet((3, 4, 6, 3), in_channels=in_channels, dtype=dtype, rngs=rngs)
     if name == "resnet20":
         return CifarResNet((3, 3, 3), (16, 32, 64), (1, 2, 2), 16, "A", in_channels=in_channels, dtype=dtype,
                            rngs=rngs)
     if name == "resnet18_cifar":
         return CifarResNet((2, 2, 2, 2), (64, 128, 256, 512), (1, 2, 2, 2), 64, "B", in_channels=in_channels,
                            dtype=dtype, rngs=rngs)
-    raise ValueError(f"flax reference has resnet20 and resnet18_cifar; got {name!r}")
+    raise ValueError(f"flax reference has {', '.join(MODELS)}; got {name!r}")
 
 
 def num_params(model: nnx.Module) -> int:
@@ -125,7 +176,7 @@ def num_params(model: nnx.Module) -> int:
     return sum(int(p.size) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def make_steps(model: CifarResNet, tx: optax.GradientTransformation, dtype: Any) -> tuple[Any, ...]:
+def make_steps(model: nnx.Module, tx: optax.GradientTransformation, dtype: Any) -> tuple[Any, ...]:
     """Split once; return (train_step, forward, params, batch_stats, opt_state).
 
     ``train_step(params, stats, opt_state, images_uint8_nhwc, labels)`` -> (params, stats, opt_state,
@@ -174,7 +225,7 @@ class Runner:
             net, optax.sgd(0.01, momentum=0.9), DTYPES[dtype])
         rng = np.random.default_rng(seed)
         self.images = jnp.asarray(rng.integers(0, 256, (batch, h, w, c), dtype=np.uint8))
-        self.labels = jnp.asarray(rng.integers(0, 10, (batch,), dtype=np.int32))
+        self.labels = jnp.asarray(rng.integers(0, net.fc.out_features, (batch,), dtype=np.int32))
         self.inputs = ((self.images.astype(jnp.float32) / 255.0 - MEAN) / STD).astype(DTYPES[dtype])
         self.eval_params = jax.tree.map(jnp.copy, self.params)  # the train step donates its inputs
         self.eval_stats = jax.tree.map(jnp.copy, self.stats)
@@ -243,7 +294,7 @@ def _parse_input(text: str) -> tuple[int, int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet20", choices=("resnet20", "resnet18_cifar"))
+    parser.add_argument("--model", default="resnet20", choices=MODELS)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     parser.add_argument("--input", type=_parse_input, default=(3, 32, 32), help="C x H x W")
@@ -254,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = _protocol_stdout()
     if args.count_params:
-        counts = {name: num_params(create(name)) for name in ("resnet20", "resnet18_cifar")}
+        counts = {name: num_params(create(name)) for name in MODELS}
         out.write(json.dumps(counts) + "\n")
         return 0
 

@@ -1,4 +1,4 @@
-"""PyTorch references of resnet20 and resnet18_cifar, timed the way `experiments/bench.py` times jresnet.
+"""PyTorch references of resnet20, resnet18_cifar and resnet50, timed the way `experiments/bench.py` times jresnet.
 
 torch is optional and never a dependency of jresnet. Install it into its own venv (the CPU wheel; the
 pin matters, a plain ``torch`` would pull a multi-GB CUDA build)::
@@ -12,6 +12,12 @@ one). It uses 2 threads (``torch.set_num_threads(2)``, the machine's cores; ``--
   zero-padded channels, as in akamaster's pytorch_resnet_cifar10); 269,722 parameters.
 - ``resnet18_cifar``: kuangliu's pytorch-cifar ResNet-18 (3×3 stem, projection shortcuts);
   11,173,962 parameters.
+- ``resnet50``: torchvision's ResNet-50 (v1.5, the stride on each bottleneck's 3×3), written out here
+  with the same modules so that the CPU venv needs no torchvision build; 25,557,032 parameters.
+
+Devices (``--device``): ``auto`` (the default) is CUDA when torch sees a GPU, else the CPU. On CUDA every
+timed call ends with ``torch.cuda.synchronize()``; fp32 convolutions use cuDNN's default (TF32 allowed,
+as JAX's default precision also allows on GPU).
 
 Variants (``--variant``):
 
@@ -22,7 +28,7 @@ Variants (``--variant``):
 
 The train step matches jresnet's: uint8 (B, C, H, W) images in, ``(x/255 - mean)/std``, forward and
 backward with BatchNorm in train mode, cross-entropy, SGD with momentum 0.9 (foreach). bf16 runs the
-forward and the loss under ``torch.autocast("cpu", torch.bfloat16)`` with float32 parameters. Inference
+forward and the loss under ``torch.autocast(device, torch.bfloat16)`` with float32 parameters. Inference
 is the eval-mode forward under ``torch.inference_mode()`` on already-normalised images. "compile s" is
 the wall time of the first train call (compilation plus one step; for eager, one step and allocations).
 
@@ -105,32 +111,84 @@ class CifarResNet(nn.Module):
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
-def create(name: str, in_channels: int = 3) -> CifarResNet:
-    """``resnet20`` (option A) or ``resnet18_cifar`` (kuangliu, projection shortcuts)."""
+class Bottleneck(nn.Module):
+    """torchvision's v1.5 bottleneck: 1×1 → 3×3 (stride) → 1×1 (4× planes), projection when the shape changes."""
+
+    def __init__(self, cin: int, planes: int, stride: int) -> None:
+        super().__init__()
+        cout = 4 * planes
+        self.conv1, self.bn1 = nn.Conv2d(cin, planes, 1, bias=False), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes)
+        self.conv3, self.bn3 = nn.Conv2d(planes, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.downsample = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + self.downsample(x))
+
+
+class ImageNetResNet(nn.Module):
+    """torchvision's ResNet layout: 7×7 stride-2 stem, 3×3 stride-2 max pool, four stages, linear head."""
+
+    def __init__(self, depths: tuple[int, ...], in_channels: int = 3, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        blocks, c = [], 64
+        for i, depth in enumerate(depths):
+            for b in range(depth):
+                blocks.append(Bottleneck(c, 64 * 2**i, 2 if i > 0 and b == 0 else 1))
+                c = 4 * 64 * 2**i
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(c, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        out = self.blocks(out)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+MODELS = ("resnet20", "resnet18_cifar", "resnet50")
+
+
+def create(name: str, in_channels: int = 3) -> nn.Module:
+    """``resnet20`` (option A), ``resnet18_cifar`` (kuangliu, projection shortcuts) or ``resnet50``."""
+    if name == "resnet50":
+        return ImageNetResNet((3, 4, 6, 3), in_channels)
     if name == "resnet20":
         return CifarResNet((3, 3, 3), (16, 32, 64), (1, 2, 2), 16, "A", in_channels)
     if name == "resnet18_cifar":
         return CifarResNet((2, 2, 2, 2), (64, 128, 256, 512), (1, 2, 2, 2), 64, "B", in_channels)
-    raise ValueError(f"torch reference has resnet20 and resnet18_cifar; got {name!r}")
+    raise ValueError(f"torch reference has {', '.join(MODELS)}; got {name!r}")
 
 
 class Runner:
     """A torch model in one variant at one batch size and dtype, warmed up and ready to time."""
 
     def __init__(self, model: str, variant: str, batch: int, dtype: str, input_shape: tuple[int, int, int],
-                 seed: int = 0, warmup: int = 2) -> None:
+                 seed: int = 0, warmup: int = 2, device: str = "auto") -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
         torch.manual_seed(seed)
         c, h, w = input_shape
         self.channels_last = variant != "eager"
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.net = create(model, c).to(memory_format=self.memory_format)
+        self.net = create(model, c).to(self.device, memory_format=self.memory_format)
         self.bf16 = dtype == "bf16"
         self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9, foreach=True)
         gen = torch.Generator().manual_seed(seed)
-        self.images = torch.randint(0, 256, (batch, c, h, w), dtype=torch.uint8, generator=gen)
-        self.labels = torch.randint(0, 10, (batch,), dtype=torch.int64, generator=gen)
+        num_classes = next(m for m in reversed(list(self.net.modules())) if isinstance(m, nn.Linear)).out_features
+        self.images = torch.randint(0, 256, (batch, c, h, w), dtype=torch.uint8, generator=gen).to(self.device)
+        self.labels = torch.randint(0, num_classes, (batch,), dtype=torch.int64, generator=gen).to(self.device)
         self.inputs = self._normalize(self.images)
         fwd_loss = self._forward_loss
         self.infer_net: Any = self.net
@@ -141,8 +199,10 @@ class Runner:
         self.info: dict[str, Any] = {
             "variant": f"torch-{variant}", "model": model, "batch": batch, "dtype": dtype,
             "input_shape": list(input_shape), "params": sum(p.numel() for p in self.net.parameters()),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(self.device),
         }
+        if self.device.type == "cuda":
+            self.info["gpu"] = torch.cuda.get_device_name(self.device)
         start = time.perf_counter()
         self.run("train", 1)
         self.info["compile_train_s"] = time.perf_counter() - start
@@ -159,7 +219,7 @@ class Runner:
 
     def _autocast(self) -> Any:
         if self.bf16:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _forward_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -168,7 +228,7 @@ class Runner:
             return F.cross_entropy(self.net(x), labels)
 
     def run(self, kind: str, steps: int) -> float:
-        """Run ``steps`` calls of ``kind``; returns wall seconds per call (torch on CPU is synchronous)."""
+        """Run ``steps`` calls of ``kind``, then wait for the device; returns wall seconds per call."""
         start = time.perf_counter()
         if kind == "train":
             self.net.train()
@@ -185,6 +245,8 @@ class Runner:
             self.net.train()
         else:
             raise ValueError(f"unknown kind {kind!r}")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         return (time.perf_counter() - start) / steps
 
 
@@ -212,7 +274,8 @@ def _parse_input(text: str) -> tuple[int, int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet20", choices=("resnet20", "resnet18_cifar"))
+    parser.add_argument("--model", default="resnet20", choices=MODELS)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU), cpu or cuda")
     parser.add_argument("--variant", default="eager_cl", choices=VARIANTS)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
@@ -228,10 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = sys.stderr
     torch.set_num_threads(args.threads)
     if args.count_params:
-        counts = {n: sum(p.numel() for p in create(n).parameters()) for n in ("resnet20", "resnet18_cifar")}
+        counts = {n: sum(p.numel() for p in create(n).parameters()) for n in MODELS}
         out.write(json.dumps(counts) + "\n")
         return 0
-    runner = Runner(args.model, args.variant, args.batch, args.dtype, args.input)
+    runner = Runner(args.model, args.variant, args.batch, args.dtype, args.input, device=args.device)
     if args.serve:
         serve(runner, out)
         return 0

@@ -1,0 +1,61 @@
+"""The benchmark scripts in experiments/: the references build the same models as jresnet, and the GPU
+script runs end to end (its QUICK mode, on whatever backend this machine has)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jresnet.registry import create_model
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import bench as harness  # noqa: E402
+import flax_nhwc_reference  # noqa: E402
+
+
+@pytest.mark.parametrize("model", flax_nhwc_reference.MODELS)
+def test_flax_reference_has_jresnets_parameter_count(model: str) -> None:
+    assert flax_nhwc_reference.num_params(flax_nhwc_reference.create(model)) == create_model(model).num_params()
+
+
+def test_harness_uses_each_models_own_input_unless_given() -> None:
+    assert harness.model_input("resnet50", None) == (3, 224, 224)
+    assert harness.model_input("resnet20", None) == (3, 32, 32)
+    assert harness.model_input("resnet50", (1, 8, 8)) == (1, 8, 8)
+
+
+def test_workers_share_a_gpu_unless_the_caller_set_preallocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = harness.argparse.Namespace(batch=2, matmul_n=64, xla_flags="", variants=["jresnet", "flax-ref"],
+                                      baseline=None, torch_python=None)
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    workers = harness.build_workers("resnet20", "fp32", (3, 32, 32), args, steps=1)
+    assert [w.env["XLA_PYTHON_CLIENT_PREALLOCATE"] for w in workers] == ["false", "false"]
+    assert "--input" in workers[0].cmd and "3x32x32" in workers[0].cmd
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
+    workers = harness.build_workers("resnet20", "fp32", (3, 32, 32), args, steps=1)
+    assert {w.env["XLA_PYTHON_CLIENT_PREALLOCATE"] for w in workers} == {"true"}
+
+
+@pytest.mark.slow
+def test_gpu_bench_script_quick_mode_measures_jresnet_and_flax(tmp_path: Path) -> None:
+    env = {**os.environ, "QUICK": "1", "PYTHON": sys.executable, "TORCH_PYTHON": sys.executable}
+    run = subprocess.run(["bash", str(EXPERIMENTS / "gpu_bench.sh"), str(tmp_path)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "jax devices:" in (tmp_path / "environment.txt").read_text()
+    record = json.loads((tmp_path / "quick.json").read_text())
+    (group,) = record["groups"]
+    assert group["started_together"] is True
+    rows = {r["variant"]: r for r in group["rows"]}
+    for variant in ("jresnet", "flax-ref"):
+        assert rows[variant]["error"] is None
+        assert rows[variant]["train_img_s"] > 0 and rows[variant]["infer_img_s"] > 0
+    # without torch in this python, the torch worker fails and says so, and the others still report
+    assert rows["torch-eager_cl"]["error"] or rows["torch-eager_cl"]["train_img_s"] > 0
