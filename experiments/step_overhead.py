@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import statistics
 import sys
 import time
@@ -38,14 +37,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flax_nhwc_reference  # noqa: E402
 
 # Entry instructions that only rename or pack buffers launch nothing.
-_FREE = re.compile(r"=\s*\S+\s+(parameter|get-tuple-element|tuple|bitcast|constant|after-all|partition-id)\(")
+_FREE = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all", "partition-id"}
+
+
+def _opcode(instruction: str) -> str:
+    """The opcode of one HLO instruction line: ``%name = SHAPE opcode(operands), ...``."""
+    rest = instruction.split("=", 1)[1].lstrip()
+    if rest.startswith("("):  # a tuple shape: skip its balanced parentheses
+        depth = 0
+        for i, ch in enumerate(rest):
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            if depth == 0:
+                rest = rest[i + 1:]
+                break
+    else:
+        rest = rest.split(None, 1)[1]
+    return rest.lstrip().split("(", 1)[0]
 
 
 def kernel_count(hlo_text: str) -> int:
     """Instructions of the optimised module's entry computation that launch work."""
     entry = hlo_text[hlo_text.index("\nENTRY"):]
-    body = entry[entry.index("{") + 1:entry.index("\n}")]
-    return sum(1 for line in body.splitlines() if "=" in line and not _FREE.search(line))
+    body = entry[entry.index("{\n") + 2:entry.index("\n}")]  # the signature may hold layouts {1,0}
+    return sum(1 for line in body.splitlines() if "=" in line and _opcode(line) not in _FREE)
 
 
 def _autodiff_batch_norm(x32: jax.Array, weight: jax.Array, bias: jax.Array, eps: float) -> jax.Array:

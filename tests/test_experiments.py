@@ -59,3 +59,22 @@ def test_gpu_bench_script_quick_mode_measures_jresnet_and_flax(tmp_path: Path) -
         assert rows[variant]["train_img_s"] > 0 and rows[variant]["infer_img_s"] > 0
     # without torch in this python, the torch worker fails and says so, and the others still report
     assert rows["torch-eager_cl"]["error"] or rows["torch-eager_cl"]["train_img_s"] > 0
+
+
+def test_kernel_count_counts_the_work_in_the_entry_computation() -> None:
+    import jax
+    import jax.numpy as jnp
+    import step_overhead
+
+    x = jnp.ones((64, 64))
+    one = jax.jit(lambda a: a * 2.0).lower(x).compile().as_text()
+    # a matmul and an elementwise op on a different input cannot share a kernel
+    two = jax.jit(lambda a, b: (a @ a, jnp.sin(b) * 3.0)).lower(x, x + 1).compile().as_text()
+    assert step_overhead.kernel_count(one) >= 1
+    assert step_overhead.kernel_count(two) > step_overhead.kernel_count(one)
+    # parameters, tuples and bitcasts launch nothing; a copy does
+    packing = ("HloModule m\n\nENTRY %main (p: f32[4]) -> (f32[4], f32[2,2]) {\n"
+               "  %p = f32[4]{0} parameter(0)\n  %b = f32[2,2]{1,0} bitcast(%p)\n"
+               "  ROOT %t = (f32[4]{0}, f32[2,2]{1,0}) tuple(%p, %b)\n}\n")
+    assert step_overhead.kernel_count(packing) == 0
+    assert step_overhead.kernel_count(jax.jit(lambda a: a).lower(x).compile().as_text()) == 1
