@@ -40,6 +40,13 @@ Run (torch optional; see `experiments/torch_reference.py` for its venv)::
 checkout of an older commit (``git worktree add /tmp/jresnet-before <commit>``), so a change's before and
 after are timed in one interleaved run and reported as a paired ratio.
 
+On a GPU host the same command measures the GPU: JAX workers use JAX's default backend (without
+preallocating 75% of the GPU's memory, so the workers fit side by side) and torch workers use CUDA when
+torch sees a GPU (`experiments/torch_reference.py --device auto`). Each model runs at its own input size
+unless ``--input`` is given (resnet50: 3×224×224). ``--start-together`` compiles a group's workers side by
+side, for hosts with many cores; `experiments/gpu_bench.sh` is the GPU run. On a GPU the fp32 matmul
+peak is what JAX's default precision gives (TF32 on recent NVIDIA GPUs).
+
 ``--variants jresnet,flax-ref`` picks a subset; without ``--torch-python`` the torch venv is used when
 ``/work/torchvenv/bin/python`` exists (``--no-torch`` skips torch).
 """
