@@ -324,6 +324,8 @@ def run_group(model: str, dtype: str, args: argparse.Namespace, steps: int) -> d
                              "xla_flags": args.xla_flags, "xla_flags_env": os.environ.get("XLA_FLAGS", ""),
                              "loadavg_rounds": [], "busy_rounds": [], "waited_rounds": [], "peak_s": []}
     group["started_together"] = args.start_together
+    group["cpu_count"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    group["baseline_commit"] = args.baseline_commit
     try:
         if args.start_together:  # many cores: compile side by side (compile s then overlap), time one by one
             for w in workers:
@@ -482,8 +484,11 @@ def markdown(groups: list[dict[str, Any]]) -> str:
                      f"cores busy with other processes at each round's start {busy}; "
                      f"fp32 {g['matmul_n']}³ matmul peak {_fmt(g['peak_gflops'])} GFLOP/s (median of "
                      f"{len(g['peak_s'])}, best {_fmt(g.get('peak_best_gflops', math.nan))}){extra}")
+    cores = sorted({str(g.get("cpu_count", "?")) for g in groups})
     lines.append("- bg cores: median number of cores other processes kept busy in the 0.2 s before each of "
-                 f"the row's timed repeats (our workers idle); {os.cpu_count()} cores in all")
+                 f"the row's timed repeats (our workers idle); {'/'.join(cores)} cores usable in all")
+    for commit in sorted({g["baseline_commit"] for g in groups if g.get("baseline_commit")}):
+        lines.append(f"- {BEFORE}: jresnet at commit {commit}")
     for flags, env in sorted({(g.get("xla_flags", ""), g.get("xla_flags_env", "")) for g in groups}):
         lines.append(f"- [flags] = XLA_FLAGS={flags!r}; other JAX rows: XLA_FLAGS={env!r}")
     return "\n".join(lines)
@@ -588,6 +593,10 @@ def main(argv: list[str] | None = None) -> int:
         args.torch_python = DEFAULT_TORCH_PYTHON
     if args.torch_python and not any(v.startswith("torch") for v in args.variants):
         args.torch_python = None
+    args.baseline_commit = None
+    if args.baseline:  # say which commit the before rows ran, not only where its checkout was
+        rev = subprocess.run(["git", "-C", args.baseline, "rev-parse", "HEAD"], capture_output=True, text=True)
+        args.baseline_commit = rev.stdout.strip() or None
     default_steps, per_model = _parse_steps(args.steps)
     started = dt.datetime.now().isoformat(timespec="seconds")
     groups: list[dict[str, Any]] = []

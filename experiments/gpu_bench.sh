@@ -15,6 +15,7 @@ mkdir -p "$out"
 py=${PYTHON:-python3}
 budget=${BUDGET_S:-540}
 t0=$SECONDS
+status=0  # 1 if any stage failed or was cut off
 here=$(cd "$(dirname "$0")" && pwd)
 
 "$py" - <<'EOF' 2>&1 | tee "$out/environment.txt"
@@ -36,7 +37,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 
 if [ "${QUICK:-0}" = 1 ]; then
   common=(--batch 8 --repeats 1 --steps 1 --quiet 0 --start-together --torch-python "${TORCH_PYTHON:-$py}")
-  stages=("quick:60:--models resnet20 --dtype fp32 --variants jresnet,flax-ref,torch-eager_cl")
+  stages=("quick:300:--models resnet20 --dtype fp32 --variants jresnet,flax-ref,torch-eager_cl")
 else
   common=(--batch 128 --repeats 5 --quiet 0 --start-together --matmul-n 8192 --torch-python "${TORCH_PYTHON:-$py}")
   stages=(
@@ -50,12 +51,13 @@ for stage in "${stages[@]}"; do
   name=${stage%%:*}; rest=${stage#*:}; limit=${rest%%:*}; args=${rest#*:}
   left=$((budget - (SECONDS - t0)))
   [ "$left" -lt "$limit" ] && limit=$left
-  if [ "$limit" -lt 45 ]; then echo "== $name: skipped, ${left}s left"; continue; fi
+  if [ "$limit" -lt 45 ]; then echo "== $name: skipped, ${left}s left"; status=1; continue; fi
   echo "== $name: up to ${limit}s: $args"
   # shellcheck disable=SC2086  # $args is a list of options
   timeout "$limit" "$py" "$here/bench.py" $args "${common[@]}" --json "$out/$name.json" >"$out/$name.log" 2>&1
-  echo "== $name: exit $? after $((SECONDS - t0))s"
-  # a stage cut off by its limit leaves workers compiling: stop them before the next stage takes the GPU
-  pkill -f "bench.py --worker|flax_nhwc_reference.py --serve|torch_reference.py --serve" && sleep 2
+  code=$?  # timeout signals its whole process group, so a stage cut off leaves no worker behind
+  echo "== $name: exit $code after $((SECONDS - t0))s"
+  [ "$code" -ne 0 ] && status=1
   tail -n 40 "$out/$name.log" | grep -v '^\[' | head -n 30
 done
+exit "$status"

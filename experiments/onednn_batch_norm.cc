@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <tuple>
+#include <unordered_map>
 #include "dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
 namespace ffi = xla::ffi;
@@ -76,6 +77,7 @@ ffi::Error Bwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ff
 }  // namespace
 
 extern "C" size_t ProtoBnWorkspaceBytes(int64_t n, int64_t h, int64_t w, int64_t c, float eps) {
+  std::lock_guard<std::mutex> lock(mu);
   return GetPlan(n, h, w, c, eps, true).fpd.workspace_desc().get_size();
 }
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ProtoBnFwd, Fwd, ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()

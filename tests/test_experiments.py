@@ -3,6 +3,7 @@ script runs end to end (its QUICK mode, on whatever backend this machine has).""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -48,17 +49,22 @@ def test_gpu_bench_script_quick_mode_measures_jresnet_and_flax(tmp_path: Path) -
     env = {**os.environ, "QUICK": "1", "PYTHON": sys.executable, "TORCH_PYTHON": sys.executable}
     run = subprocess.run(["bash", str(EXPERIMENTS / "gpu_bench.sh"), str(tmp_path)], env=env, capture_output=True,
                          text=True, timeout=600)
-    assert run.returncode == 0, run.stderr
+    logs = "".join(f"\n--- {f.name}\n{f.read_text()[-3000:]}" for f in sorted(tmp_path.glob("*.log")))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + logs
     assert "jax devices:" in (tmp_path / "environment.txt").read_text()
     record = json.loads((tmp_path / "quick.json").read_text())
     (group,) = record["groups"]
     assert group["started_together"] is True
     rows = {r["variant"]: r for r in group["rows"]}
     for variant in ("jresnet", "flax-ref"):
-        assert rows[variant]["error"] is None
+        assert rows[variant]["error"] is None, (rows[variant]["error"], logs)
         assert rows[variant]["train_img_s"] > 0 and rows[variant]["infer_img_s"] > 0
-    # without torch in this python, the torch worker fails and says so, and the others still report
-    assert rows["torch-eager_cl"]["error"] or rows["torch-eager_cl"]["train_img_s"] > 0
+    # the torch row reports either its timing (torch importable here) or why its worker failed
+    torch_row = rows["torch-eager_cl"]
+    if importlib.util.find_spec("torch") is None:
+        assert torch_row["error"], torch_row
+    else:
+        assert torch_row["error"] is None and torch_row["train_img_s"] > 0
 
 
 def test_kernel_count_counts_the_work_in_the_entry_computation() -> None:
