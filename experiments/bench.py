@@ -310,7 +310,7 @@ def build_workers(model: str, dtype: str, input_shape: tuple[int, int, int], arg
         for v in TORCH_VARIANTS:
             if f"torch-{v}" in args.variants:
                 cmd = [args.torch_python, str(HERE / "torch_reference.py"), "--serve", "--variant", v,
-                       *common]
+                       *common, *(["--cudnn-benchmark"] if args.torch_cudnn_benchmark else [])]
                 workers.append(Worker(f"torch-{v}", f"torch-{v}", False, cmd, torch_env))
     return workers
 
@@ -548,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-python", default=None,
                         help=f"python with torch (default {DEFAULT_TORCH_PYTHON} when present)")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--torch-cudnn-benchmark", action="store_true",
+                        help="on a GPU, torch workers set torch.backends.cudnn.benchmark (off by default in torch)")
     parser.add_argument("--baseline", default=None, metavar="DIR",
                         help="also time jresnet imported from DIR (e.g. a `git worktree` of an older commit), "
                              "as jresnet-before, with paired after/before ratios")

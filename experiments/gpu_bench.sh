@@ -9,6 +9,7 @@
 # fits what is left of BUDGET_S (default 540 s), so a short lease still returns the first stages' files.
 # Workers start side by side (--start-together: a GPU host has many cores); compile s then overlap.
 # QUICK=1 runs a tiny version (resnet20, batch 8, one round) to check the script on any machine.
+# BENCH_ARGS adds options to every stage, e.g. BENCH_ARGS=--torch-cudnn-benchmark.
 set -u
 out=${1:?usage: gpu_bench.sh OUTDIR}
 mkdir -p "$out"
@@ -54,7 +55,7 @@ for stage in "${stages[@]}"; do
   if [ "$limit" -lt 45 ]; then echo "== $name: skipped, ${left}s left"; status=1; continue; fi
   echo "== $name: up to ${limit}s: $args"
   # shellcheck disable=SC2086  # $args is a list of options
-  timeout "$limit" "$py" "$here/bench.py" $args "${common[@]}" --json "$out/$name.json" >"$out/$name.log" 2>&1
+  timeout "$limit" "$py" "$here/bench.py" $args ${BENCH_ARGS:-} "${common[@]}" --json "$out/$name.json" >"$out/$name.log" 2>&1
   code=$?  # timeout signals its whole process group, so a stage cut off leaves no worker behind
   echo "== $name: exit $code after $((SECONDS - t0))s"
   [ "$code" -ne 0 ] && status=1

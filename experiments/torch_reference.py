@@ -17,7 +17,8 @@ one). It uses 2 threads (``torch.set_num_threads(2)``, the machine's cores; ``--
 
 Devices (``--device``): ``auto`` (the default) is CUDA when torch sees a GPU, else the CPU. On CUDA every
 timed call ends with ``torch.cuda.synchronize()``; fp32 convolutions use cuDNN's default (TF32 allowed,
-as JAX's default precision also allows on GPU).
+as JAX's default precision also allows on GPU). cuDNN picks algorithms by heuristics, torch's default;
+``--cudnn-benchmark`` times them per shape instead, as XLA's autotuner does.
 
 Variants (``--variant``):
 
@@ -172,12 +173,14 @@ class Runner:
     """A torch model in one variant at one batch size and dtype, warmed up and ready to time."""
 
     def __init__(self, model: str, variant: str, batch: int, dtype: str, input_shape: tuple[int, int, int],
-                 seed: int = 0, warmup: int = 2, device: str = "auto") -> None:
+                 seed: int = 0, warmup: int = 2, device: str = "auto", cudnn_benchmark: bool = False) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if self.device.type == "cuda":  # off is torch's default; on, cuDNN times its algorithms per shape
+            torch.backends.cudnn.benchmark = cudnn_benchmark
         torch.manual_seed(seed)
         c, h, w = input_shape
         self.channels_last = variant != "eager"
@@ -203,6 +206,7 @@ class Runner:
         }
         if self.device.type == "cuda":
             self.info["gpu"] = torch.cuda.get_device_name(self.device)
+            self.info["cudnn_benchmark"] = cudnn_benchmark
         start = time.perf_counter()
         self.run("train", 1)
         self.info["compile_train_s"] = time.perf_counter() - start
@@ -276,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet20", choices=MODELS)
     parser.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU), cpu or cuda")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="on CUDA, let cuDNN time its algorithms per shape (torch.backends.cudnn.benchmark)")
     parser.add_argument("--variant", default="eager_cl", choices=VARIANTS)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
@@ -294,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         counts = {n: sum(p.numel() for p in create(n).parameters()) for n in MODELS}
         out.write(json.dumps(counts) + "\n")
         return 0
-    runner = Runner(args.model, args.variant, args.batch, args.dtype, args.input, device=args.device)
+    runner = Runner(args.model, args.variant, args.batch, args.dtype, args.input, device=args.device,
+                    cudnn_benchmark=args.cudnn_benchmark)
     if args.serve:
         serve(runner, out)
         return 0

@@ -34,7 +34,7 @@ def test_harness_uses_each_models_own_input_unless_given() -> None:
 
 def test_workers_share_a_gpu_unless_the_caller_set_preallocation(monkeypatch: pytest.MonkeyPatch) -> None:
     args = harness.argparse.Namespace(batch=2, matmul_n=64, xla_flags="", variants=["jresnet", "flax-ref"],
-                                      baseline=None, torch_python=None)
+                                      baseline=None, torch_python=None, torch_cudnn_benchmark=False)
     monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
     workers = harness.build_workers("resnet20", "fp32", (3, 32, 32), args, steps=1)
     assert [w.env["XLA_PYTHON_CLIENT_PREALLOCATE"] for w in workers] == ["false", "false"]
@@ -121,3 +121,12 @@ def test_onednn_batch_norm_prototype_matches_norm_core(tmp_path: Path) -> None:
     flat = np.asarray(x, np.float64).reshape(-1, 8)
     np.testing.assert_allclose(mean, flat.mean(0), rtol=1e-5)
     np.testing.assert_allclose(var, flat.var(0), rtol=1e-4)
+
+
+def test_torch_workers_get_cudnn_benchmark_only_when_asked() -> None:
+    args = harness.argparse.Namespace(batch=2, matmul_n=64, xla_flags="", variants=["torch-eager_cl"],
+                                      baseline=None, torch_python="python3", torch_cudnn_benchmark=False)
+    (plain,) = harness.build_workers("resnet20", "fp32", (3, 32, 32), args, steps=1)
+    args.torch_cudnn_benchmark = True
+    (tuned,) = harness.build_workers("resnet20", "fp32", (3, 32, 32), args, steps=1)
+    assert "--cudnn-benchmark" not in plain.cmd and "--cudnn-benchmark" in tuned.cmd
