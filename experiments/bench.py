@@ -156,11 +156,6 @@ class Worker:
         self.info["startup_s"] = time.perf_counter() - self.spawned_at
         return True
 
-    def start(self) -> bool:
-        """Start the process and wait for its ready line; False (with ``error``) if it failed."""
-        self.spawn()
-        return self.wait_ready()
-
     def _read(self) -> dict[str, Any] | None:
         assert self.proc is not None and self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -279,16 +274,15 @@ def build_workers(model: str, dtype: str, input_shape: tuple[int, int, int], arg
                   steps: int) -> list[Worker]:
     """The workers of one (model, dtype, input) group, in the order they run in a round."""
     chw = "x".join(str(v) for v in input_shape)
-    # Every worker of a group holds its model on the device at once: JAX must not take 75% of a GPU's
-    # memory up front (its default), or the torch workers beside it would run out.
-    base_env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **os.environ}
-    base_env.pop("JRESNET_XLA_FLAGS", None)
+    torch_env = dict(os.environ)
+    torch_env.pop("JRESNET_XLA_FLAGS", None)
     # JAX workers get the environment jresnet's CLI sets (OMP_WAIT_POLICY for the oneDNN kernels; the
-    # caller's own values win); torch keeps the caller's environment, as a torch user would run it.
+    # caller's own values win); torch keeps the caller's environment, as a torch user would run it. Every
+    # worker of a group holds its model on the device at once: JAX must not take 75% of a GPU's memory up
+    # front (its default), or the torch workers beside it would run out.
     from jresnet.cli import CPU_ENVIRONMENT
 
-    torch_env = base_env
-    base_env = {**CPU_ENVIRONMENT, **base_env}
+    base_env = {**CPU_ENVIRONMENT, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", **torch_env}
     flag_env = {**base_env, "XLA_FLAGS": f"{base_env.get('XLA_FLAGS', '')} {args.xla_flags}".strip()}
     common = ["--model", model, "--batch", str(args.batch), "--dtype", dtype, "--input", chw]
     me = [sys.executable, str(HERE / "bench.py"), "--worker", *common, "--matmul-n", str(args.matmul_n)]
@@ -322,17 +316,19 @@ def run_group(model: str, dtype: str, args: argparse.Namespace, steps: int) -> d
     group: dict[str, Any] = {"model": model, "dtype": dtype, "batch": args.batch, "input": list(input_shape),
                              "steps": steps, "repeats": args.repeats, "matmul_n": args.matmul_n,
                              "xla_flags": args.xla_flags, "xla_flags_env": os.environ.get("XLA_FLAGS", ""),
-                             "loadavg_rounds": [], "busy_rounds": [], "waited_rounds": [], "peak_s": []}
-    group["started_together"] = args.start_together
-    group["cpu_count"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    group["baseline_commit"] = args.baseline_commit
+                             "loadavg_rounds": [], "busy_rounds": [], "waited_rounds": [], "peak_s": [],
+                             "started_together": args.start_together, "baseline_commit": args.baseline_commit,
+                             "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else os.cpu_count()}
     try:
         if args.start_together:  # many cores: compile side by side (compile s then overlap), time one by one
             for w in workers:
                 w.spawn()
         for w in workers:
             print(f"[{model} {dtype}] starting {w.label} ...", file=sys.stderr, flush=True)
-            if w.wait_ready() if args.start_together else w.start():
+            if not args.start_together:  # one after another, so that compile times are not inflated
+                w.spawn()
+            if w.wait_ready():
                 compile_s = w.info.get("compile_train_s", math.nan)
                 print(f"  ready in {w.info['startup_s']:.1f} s (compile {compile_s:.1f} s)", file=sys.stderr,
                       flush=True)
@@ -468,10 +464,10 @@ def markdown(groups: list[dict[str, Any]]) -> str:
         if torch_info:
             extra += (f"; torch {torch_info.get('torch', '')} on {torch_info.get('device', 'cpu')}"
                       + (f" ({torch_info['gpu']})" if torch_info.get("gpu") else ""))
-        isa = jr.get("env", {}).get("cpu_isa")
+        isa = env.get("cpu_isa")
         if isa is not None:
             extra += f"; CPU vector extensions: {', '.join(isa) or 'none of AVX2/AVX-512/AMX/NEON'}"
-        core = jr.get("env", {}).get("conv_core")
+        core = env.get("conv_core")
         if core is not None:
             extra += f"; jresnet fp32 conv core on CPU: {core['fp32_on_cpu']} (oneDNN: {core['onednn']})"
         if g.get("started_together"):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -51,9 +50,7 @@ def build(out_dir: Path) -> ctypes.CDLL:
     prefix = found[0]
     native._loaded_library()  # load jresnet's own kernels (and libdnnl) first
     target = out_dir / "onednn_batch_norm.so"
-    subprocess.run(["g++", "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
-                    f"-I{prefix / 'include'}", str(SOURCE), f"-L{prefix / 'lib'}", "-ldnnl",
-                    f"-Wl,-rpath,{prefix / 'lib'}", "-o", str(target)], check=True)
+    native._compile(prefix, ["g++"], target, source=SOURCE)  # the same command jresnet's own kernels build with
     lib = ctypes.CDLL(str(target))
     for name in ("ProtoBnFwd", "ProtoBnBwd"):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")

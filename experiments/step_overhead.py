@@ -31,7 +31,8 @@ from pathlib import Path
 import jax
 
 from jresnet import conv_core, layers, norm_core
-from jresnet.bench import ModelBench
+from jresnet.bench import ModelBench, default_input_shape
+from jresnet.registry import get_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flax_nhwc_reference  # noqa: E402
@@ -88,7 +89,7 @@ def build(model: str, dtype: str, batch: int) -> dict[str, tuple[Callable[[int],
         with lever(conv, autodiff_bn):
             bench = ModelBench(model, batch, dtype, checks_overhead=False, steps=1)
         variants[name] = (lambda n, b=bench: b.run_repeat("train", n), kernel_count(bench._train_exe.as_text()))
-    ref = flax_nhwc_reference.Runner(model, batch, dtype, (3, 32, 32) if model != "resnet50" else (3, 224, 224))
+    ref = flax_nhwc_reference.Runner(model, batch, dtype, default_input_shape(get_spec(model)))
     variants["flax-ref"] = (lambda n: ref.run("train", n), kernel_count(ref._train.as_text()))
     return variants
 

@@ -60,6 +60,13 @@ MEAN, STD = 0.5, 0.25
 VARIANTS = ("eager", "eager_cl", "compile_cl")
 
 
+def _init_convs(net: nn.Module) -> None:
+    """Kaiming-normal (fan_out) convolution kernels, as kuangliu's and torchvision's ResNets initialise them."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 class BasicBlock(nn.Module):
     """conv3×3-BN-ReLU-conv3×3-BN plus a shortcut, then ReLU; ``option`` "A" or "B" when the shape changes."""
 
@@ -102,9 +109,7 @@ class CifarResNet(nn.Module):
                 c = width
         self.blocks = nn.Sequential(*blocks)
         self.linear = nn.Linear(c, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        _init_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -145,9 +150,7 @@ class ImageNetResNet(nn.Module):
                 c = 4 * 64 * 2**i
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(c, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        _init_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)

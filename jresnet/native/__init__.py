@@ -71,7 +71,8 @@ def _onednn_prefix() -> tuple[Path, str] | None:
     return None
 
 
-def _compile(prefix: Path, compiler: list[str], target: Path) -> None:
+def _compile(prefix: Path, compiler: list[str], target: Path, source: Path = SOURCE) -> None:
+    """Build ``source`` (jresnet's kernels unless told otherwise) into the shared library ``target``."""
     import jax.ffi
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -79,11 +80,11 @@ def _compile(prefix: Path, compiler: list[str], target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         cmd = [*compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-               f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}", str(SOURCE),
+               f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}", str(source),
                f"-L{prefix / 'lib'}", "-ldnnl", f"-Wl,-rpath,{prefix / 'lib'}", "-o", str(out)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"compiling {SOURCE.name} failed ({' '.join(cmd)}):\n{result.stderr[-4000:]}")
+            raise RuntimeError(f"compiling {source.name} failed ({' '.join(cmd)}):\n{result.stderr[-4000:]}")
         os.replace(out, target)
 
 
