@@ -7,7 +7,7 @@ times, in one process, interleaved (medians of ``--repeats``, each repeat ``--st
 - ``jresnet``: jresnet's real train step (`jresnet.bench.ModelBench`), as shipped;
 - ``conv lax``: the same under ``set_conv_core("lax")`` (JAX's own conv gradient, no custom_vjp);
 - ``bn autodiff``: BatchNorm's training gradient by JAX's autodiff instead of `jresnet.norm_core`'s
-  hand-written backward (same values);
+  hand-written backward (same values; on CPU this also sets the norm core to "xla");
 - ``conv lax + bn autodiff``: both;
 - ``flax-ref``: `experiments/flax_nhwc_reference.py`'s step (plain ``nnx.Conv``/``nnx.BatchNorm``).
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import jax
 
-from jresnet import conv_core, layers, norm_core
+from jresnet import conv_core, norm_core
 from jresnet.bench import ModelBench, default_input_shape
 from jresnet.registry import get_spec
 
@@ -71,13 +71,15 @@ def _autodiff_batch_norm(x32: jax.Array, weight: jax.Array, bias: jax.Array, eps
 def lever(conv: str, autodiff_bn: bool) -> Iterator[None]:
     """Trace under a conv core and, optionally, with BatchNorm differentiated by JAX's autodiff."""
     previous = conv_core.set_conv_core(conv)
-    shipped = layers.batch_norm_train
+    previous_norm = norm_core.set_norm_core("xla" if autodiff_bn else norm_core.get_norm_core())
+    shipped = norm_core.batch_norm_train
     if autodiff_bn:
-        layers.batch_norm_train = _autodiff_batch_norm
+        norm_core.batch_norm_train = _autodiff_batch_norm  # what the "xla" norm core calls
     try:
         yield
     finally:
-        layers.batch_norm_train = shipped
+        norm_core.batch_norm_train = shipped
+        norm_core.set_norm_core(previous_norm)
         conv_core.set_conv_core(previous)
 
 

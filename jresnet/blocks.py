@@ -158,7 +158,7 @@ class BasicBlock(ResidualBlock):
 
     @shapechecked
     def forward_nhwc(self, x: Float[Array, "B H W C"]) -> Float[Array, "B H2 W2 {self.out_channels}"]:
-        out = jax.nn.relu(self.bn1.forward_nhwc(self.conv1.forward_nhwc(x)))
+        out = self.bn1.forward_nhwc(self.conv1.forward_nhwc(x), relu=True)
         out = self.bn2.forward_nhwc(self.conv2.forward_nhwc(out))
         return jax.nn.relu(self.residual_add(out, self.shortcut_nhwc(x)))
 
@@ -186,8 +186,8 @@ class Bottleneck(ResidualBlock):
 
     @shapechecked
     def forward_nhwc(self, x: Float[Array, "B H W C"]) -> Float[Array, "B H2 W2 {self.out_channels}"]:
-        out = jax.nn.relu(self.bn1.forward_nhwc(self.conv1.forward_nhwc(x)))
-        out = jax.nn.relu(self.bn2.forward_nhwc(self.conv2.forward_nhwc(out)))
+        out = self.bn1.forward_nhwc(self.conv1.forward_nhwc(x), relu=True)
+        out = self.bn2.forward_nhwc(self.conv2.forward_nhwc(out), relu=True)
         out = self.bn3.forward_nhwc(self.conv3.forward_nhwc(out))
         return jax.nn.relu(self.residual_add(out, self.shortcut_nhwc(x)))
 
@@ -218,9 +218,9 @@ class PreActBasicBlock(ResidualBlock):
 
     @shapechecked
     def forward_nhwc(self, x: Float[Array, "B H W C"]) -> Float[Array, "B H2 W2 {self.out_channels}"]:
-        pre = jax.nn.relu(self.bn1.forward_nhwc(x))
+        pre = self.bn1.forward_nhwc(x, relu=True)
         out = self.conv1.forward_nhwc(pre)
-        out = self.conv2.forward_nhwc(jax.nn.relu(self.bn2.forward_nhwc(out)))
+        out = self.conv2.forward_nhwc(self.bn2.forward_nhwc(out, relu=True))
         return self.residual_add(out, self._shortcut_from(x, pre))
 
 
@@ -246,8 +246,8 @@ class PreActBottleneck(PreActBasicBlock):
 
     @shapechecked
     def forward_nhwc(self, x: Float[Array, "B H W C"]) -> Float[Array, "B H2 W2 {self.out_channels}"]:
-        pre = jax.nn.relu(self.bn1.forward_nhwc(x))
+        pre = self.bn1.forward_nhwc(x, relu=True)
         out = self.conv1.forward_nhwc(pre)
-        out = self.conv2.forward_nhwc(jax.nn.relu(self.bn2.forward_nhwc(out)))
-        out = self.conv3.forward_nhwc(jax.nn.relu(self.bn3.forward_nhwc(out)))
+        out = self.conv2.forward_nhwc(self.bn2.forward_nhwc(out, relu=True))
+        out = self.conv3.forward_nhwc(self.bn3.forward_nhwc(out, relu=True))
         return self.residual_add(out, self._shortcut_from(x, pre))

@@ -23,7 +23,7 @@ from jax import lax
 from jaxtyping import Array, Float
 
 from jresnet.conv_core import conv2d_nhwc
-from jresnet.norm_core import batch_norm_train, batch_stats, normalize
+from jresnet.norm_core import batch_norm_train_with_stats, normalize
 from jresnet.shapes import ConvGeometry, PaddingSpec
 from jresnet.typing import ShapeError, fmt_nchw, require_images, shapechecked
 
@@ -215,21 +215,25 @@ class BatchNorm2d(NCHWModule):
 
     @shapechecked
     def forward_nhwc(
-        self, x: Float[Array, "B H W {self.num_features}"]
+        self, x: Float[Array, "B H W {self.num_features}"], *, relu: bool = False
     ) -> Float[Array, "B H W {self.num_features}"]:
+        """Normalise x; with ``relu=True`` also apply the ReLU that follows, in the same kernels where it can.
+
+        jresnet's blocks pass ``relu=True`` for every norm that a ReLU follows: on CPU the oneDNN norm core
+        (`jresnet.norm_core`) fuses it, elsewhere it is the same ``jax.nn.relu`` after the norm.
+        """
         x32 = x.astype(jnp.float32)
         if self.use_running_average:
-            mean, var = self.running_mean[...], self.running_var[...]
-        else:
-            mean, var = batch_stats(lax.stop_gradient(x32))
-            n = x.shape[0] * x.shape[1] * x.shape[2]
-            unbiased = var * (n / max(n - 1, 1))
-            m = self.momentum
-            self.running_mean[...] = m * self.running_mean[...] + (1 - m) * mean
-            self.running_var[...] = m * self.running_var[...] + (1 - m) * unbiased
-            # the same statistics again, differentiably: XLA computes them once; the gradient is norm_core's
-            return batch_norm_train(x32, self.weight[...], self.bias[...], self.eps).astype(x.dtype)
-        return normalize(x32, mean, var, self.weight[...], self.bias[...], self.eps).astype(x.dtype)
+            y = normalize(x32, self.running_mean[...], self.running_var[...], self.weight[...], self.bias[...],
+                          self.eps)
+            return (jax.nn.relu(y) if relu else y).astype(x.dtype)
+        y, mean, var = batch_norm_train_with_stats(x32, self.weight[...], self.bias[...], self.eps, relu=relu)
+        n = x.shape[0] * x.shape[1] * x.shape[2]
+        unbiased = var * (n / max(n - 1, 1))
+        m = self.momentum
+        self.running_mean[...] = m * self.running_mean[...] + (1 - m) * mean
+        self.running_var[...] = m * self.running_var[...] + (1 - m) * unbiased
+        return y.astype(x.dtype)
 
 
 class ReLU(NCHWModule):

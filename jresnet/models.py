@@ -241,7 +241,7 @@ class ResNet(NCHWModule):
         else:
             x = self.conv1.forward_nhwc(x)
         if self.bn1 is not None:
-            x = jax.nn.relu(self.bn1.forward_nhwc(x))
+            x = self.bn1.forward_nhwc(x, relu=True)
         if self.maxpool is not None:
             x = self.maxpool.forward_nhwc(x)
         return x
@@ -255,7 +255,7 @@ class ResNet(NCHWModule):
                 x = block.forward_nhwc(x)
             maps.append(x)
         if self.final_bn is not None:
-            maps[-1] = jax.nn.relu(self.final_bn.forward_nhwc(maps[-1]))
+            maps[-1] = self.final_bn.forward_nhwc(maps[-1], relu=True)
         return maps
 
     @shapechecked

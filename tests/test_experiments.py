@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jresnet.registry import create_model
@@ -87,40 +88,26 @@ def test_kernel_count_counts_the_work_in_the_entry_computation() -> None:
 
 
 @pytest.mark.slow
-def test_onednn_batch_norm_prototype_matches_norm_core(tmp_path: Path) -> None:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
+def test_norm_core_ab_pairs_the_two_cores_on_the_same_step(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
 
     from jresnet import native
-    from jresnet.norm_core import batch_norm_train
 
     if not native.available():
         pytest.skip(native.unavailable_reason())
-    import onednn_batch_norm
+    import norm_core_ab
 
-    bn = onednn_batch_norm.make_batch_norm(onednn_batch_norm.build(tmp_path))
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((4, 5, 6, 8)) * 3 + 2, jnp.float32)
-    w, b = jnp.asarray(rng.standard_normal(8), jnp.float32), jnp.asarray(rng.standard_normal(8), jnp.float32)
-    r = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
-    for relu in (False, True):
-        act = jax.nn.relu if relu else (lambda v: v)
-
-        def ours(x_, w_, b_, relu=relu):
-            return jnp.sum(bn(x_, w_, b_, 1e-5, relu)[0] * r)
-
-        def ref(x_, w_, b_, act=act):
-            return jnp.sum(act(batch_norm_train(x_, w_, b_, 1e-5)) * r)
-
-        (v, g), (v_ref, g_ref) = (jax.value_and_grad(f, (0, 1, 2))(x, w, b) for f in (ours, ref))
-        np.testing.assert_allclose(v, v_ref, rtol=1e-5)
-        for got, want in zip(g, g_ref, strict=True):
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
-    _, mean, var = bn(x, w, b, 1e-5, False)
-    flat = np.asarray(x, np.float64).reshape(-1, 8)
-    np.testing.assert_allclose(mean, flat.mean(0), rtol=1e-5)
-    np.testing.assert_allclose(var, flat.var(0), rtol=1e-4)
+    assert norm_core_ab.norm_shapes("resnet20", 4) == [(4, 32, 32, 16), (4, 16, 16, 32), (4, 8, 8, 64)]
+    assert norm_core_ab.main(["--model", "resnet20", "--batch", "4", "--repeats", "1", "--steps", "1",
+                              "--shapes"]) == 0
+    out = capsys.readouterr().out
+    losses = {core: (float(loss), float(norm)) for core, loss, norm in
+              re.findall(r"^(xla|onednn): loss ([\d.]+), grad norm ([\d.]+)$", out, re.M)}
+    assert set(losses) == {"xla", "onednn"}, out
+    # One step from the same state: the same loss and gradient norm, to float rounding.
+    np.testing.assert_allclose(losses["onednn"], losses["xla"], rtol=1e-4)
+    assert re.search(r"onednn speed, paired over 1 repeats: \d+\.\d{3}", out), out
+    assert len(re.findall(r"^\| 4 (32 32 16|16 16 32|8 8 64) \| (True|False) \|", out, re.M)) == 6, out
 
 
 def test_torch_workers_get_cudnn_benchmark_only_when_asked() -> None:

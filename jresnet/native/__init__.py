@@ -1,10 +1,11 @@
-"""jresnet's compiled CPU kernels: oneDNN convolutions, built once per machine and loaded as XLA FFI targets.
+"""jresnet's compiled CPU kernels: oneDNN convolutions and batch norm, built once per machine, as XLA FFI targets.
 
-The kernels (``onednn_conv.cc``) are C++ against two headers-and-library sets that pip installs: XLA's FFI
+The kernels (``onednn_conv.cc``, ``onednn_batch_norm.cc`` and their shared ``onednn_common.h``) are C++
+against two headers-and-library sets that pip installs: XLA's FFI
 API (shipped inside jaxlib) and oneDNN (the ``onednn-devel-cpu-gomp`` wheel, jresnet's ``[onednn]``
 extra). The first process that needs them compiles the source with the system C++ compiler into a cache
 directory (``$JRESNET_CACHE_DIR``, default ``~/.cache/jresnet``), which takes ~10 s; later processes load
-the cached library. The cache key hashes the source, the compiler, jaxlib's and oneDNN's versions, so an
+the cached library. The cache key hashes the sources, the compiler, jaxlib's and oneDNN's versions, so an
 upgrade of any of them rebuilds.
 
 Nothing here is required: without oneDNN or a compiler, `available()` is False, `unavailable_reason()`
@@ -29,15 +30,20 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FFI_TARGETS", "NativeStatus", "available", "busy_time", "cache_dir", "implementations", "status",
-           "unavailable_reason"]
+__all__ = ["FFI_TARGETS", "BatchNormPlan", "NativeStatus", "available", "batch_norm_plan", "busy_time", "cache_dir",
+           "implementations", "status", "unavailable_reason"]
 
-SOURCE = Path(__file__).with_name("onednn_conv.cc")
-# Python name -> C symbol exported by XLA_FFI_DEFINE_HANDLER_SYMBOL in onednn_conv.cc.
+_HERE = Path(__file__).parent
+# Compiled together into one library; the header is hashed with them, so editing any of them rebuilds.
+SOURCES = (_HERE / "onednn_conv.cc", _HERE / "onednn_batch_norm.cc")
+HEADERS = (_HERE / "onednn_common.h",)
+# Python name -> C symbol exported by XLA_FFI_DEFINE_HANDLER_SYMBOL in the sources.
 FFI_TARGETS = {
     "jresnet_conv_forward": "JresnetConvForward",
     "jresnet_conv_backward_data": "JresnetConvBackwardData",
     "jresnet_conv_backward_weights": "JresnetConvBackwardWeights",
+    "jresnet_batch_norm_forward": "JresnetBatchNormForward",
+    "jresnet_batch_norm_backward": "JresnetBatchNormBackward",
 }
 
 
@@ -71,8 +77,8 @@ def _onednn_prefix() -> tuple[Path, str] | None:
     return None
 
 
-def _compile(prefix: Path, compiler: list[str], target: Path, source: Path = SOURCE) -> None:
-    """Build ``source`` (jresnet's kernels unless told otherwise) into the shared library ``target``."""
+def _compile(prefix: Path, compiler: list[str], target: Path, sources: tuple[Path, ...] = SOURCES) -> None:
+    """Build ``sources`` (jresnet's kernels unless told otherwise) into the shared library ``target``."""
     import jax.ffi
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -80,11 +86,12 @@ def _compile(prefix: Path, compiler: list[str], target: Path, source: Path = SOU
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         cmd = [*compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-               f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}", str(source),
+               f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}", *map(str, sources),
                f"-L{prefix / 'lib'}", "-ldnnl", f"-Wl,-rpath,{prefix / 'lib'}", "-o", str(out)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"compiling {source.name} failed ({' '.join(cmd)}):\n{result.stderr[-4000:]}")
+            names = ", ".join(source.name for source in sources)
+            raise RuntimeError(f"compiling {names} failed ({' '.join(cmd)}):\n{result.stderr[-4000:]}")
         os.replace(out, target)
 
 
@@ -130,14 +137,14 @@ def _status() -> NativeStatus:
     # An in-place upgrade of oneDNN's headers or of jaxlib's FFI API must rebuild; so must a new source.
     version_header = prefix / "include" / "oneapi" / "dnnl" / "dnnl_version.h"
     fingerprint = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(compiler).encode(), jaxlib.__version__.encode(),
-                 onednn_version.encode(), str(prefix).encode(),
+    for part in (*(path.read_bytes() for path in (*SOURCES, *HEADERS)), " ".join(compiler).encode(),
+                 jaxlib.__version__.encode(), onednn_version.encode(), str(prefix).encode(),
                  version_header.read_bytes() if version_header.is_file() else b""):
         fingerprint.update(part)
     library = cache_dir() / f"jresnet_onednn_{fingerprint.hexdigest()[:16]}.so"
     try:
         if not library.is_file():
-            print(f"jresnet: compiling the oneDNN convolution kernels once, into {library} ...", file=sys.stderr)
+            print(f"jresnet: compiling the oneDNN kernels once, into {library} ...", file=sys.stderr)
             _compile(prefix, compiler, library)
         lib = ctypes.CDLL(str(library))
     except (OSError, RuntimeError) as error:
@@ -188,3 +195,22 @@ def busy_time(reset: bool = False) -> tuple[float, int]:
     ns, calls = ctypes.c_int64(), ctypes.c_int64()
     lib.JresnetConvBusy(ctypes.byref(ns), ctypes.byref(calls), int(reset))
     return ns.value / 1e9, calls.value
+
+
+@dataclass(frozen=True)
+class BatchNormPlan:
+    """What oneDNN's batch norm does for one (B, H, W, C) activation: its ReLU workspace and implementations."""
+
+    workspace_bytes: int
+    implementation: str  # "forward / backward", e.g. "bnorm_jit:avx2 / bnorm_jit:avx2"
+
+
+@functools.cache
+def batch_norm_plan(bhwc: tuple[int, int, int, int], eps: float, relu: bool) -> BatchNormPlan:
+    """oneDNN's batch-norm plan for an NHWC float32 activation of shape ``bhwc`` (built and cached on first use)."""
+    lib = _loaded_library()
+    dims = (ctypes.c_int64 * 4)(*bhwc)
+    workspace, impl = ctypes.c_int64(), ctypes.create_string_buffer(256)
+    if lib.JresnetBatchNormPlan(dims, ctypes.c_float(eps), int(relu), ctypes.byref(workspace), impl, len(impl)) != 0:
+        raise ValueError(f"oneDNN rejected a batch norm of a (B, H, W, C) = {bhwc} activation: {impl.value.decode()}")
+    return BatchNormPlan(workspace.value, impl.value.decode())

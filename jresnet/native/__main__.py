@@ -15,6 +15,8 @@ def main() -> int:
     print(f"oneDNN kernels: available ({st.onednn_version}), {st.library}")
     for name, impl in native.implementations(128, (32, 32), 16, (32, 32), 16, (3, 3), padding=(1, 1, 1, 1)).items():
         print(f"  a 16-channel 3x3 conv at 32x32, {name}: {impl}")
+    plan = native.batch_norm_plan((128, 32, 32, 16), 1e-5, True)
+    print(f"  a 16-channel batch norm + ReLU at 32x32, forward / backward: {plan.implementation}")
     return 0
 
 

@@ -10,11 +10,7 @@
 // Each distinct shape builds its primitives once; they are cached for the life of the process.
 // Execution is thread-safe: scratch memory is per call (user scratchpad mode), primitives are immutable.
 
-#include <atomic>
-#include <chrono>
 #include <cstdint>
-#include <cstdlib>
-#include <new>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -23,21 +19,19 @@
 #include <unordered_map>
 #include <vector>
 
-#include "dnnl.hpp"
-#include "xla/ffi/api/ffi.h"
+#include "onednn_common.h"
 
 namespace ffi = xla::ffi;
+using jresnet_native::Engine;
+using jresnet_native::Guarded;
+using jresnet_native::SharedBuffer;
+using jresnet_native::UserScratchpad;
 
 namespace {
 
 using dims = dnnl::memory::dims;
 using tag = dnnl::memory::format_tag;
 constexpr auto f32 = dnnl::memory::data_type::f32;
-
-dnnl::engine& Engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
 
 // The geometry of one convolution, in the terms of the jresnet layer that calls it.
 struct Geometry {
@@ -64,12 +58,6 @@ struct Geometry {
 dnnl::memory::desc Activations(const dims& d) { return dnnl::memory::desc(d, f32, tag::nhwc); }
 dnnl::memory::desc AnyWeights(const Geometry& g) { return dnnl::memory::desc(g.Weights(), f32, tag::any); }
 dnnl::memory::desc UserWeights(const Geometry& g) { return dnnl::memory::desc(g.Weights(), f32, g.WeightsTag()); }
-
-dnnl::primitive_attr UserScratchpad() {
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  return attr;
-}
 
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
   return dnnl::convolution_forward::primitive_desc(
@@ -133,23 +121,6 @@ const Plan& GetPlan(Direction direction, const Geometry& g) {
   return *slot;
 }
 
-// Reusable, 64-byte aligned buffers, so a step does not page-fault fresh scratch memory on every call. One
-// set serves the process: calls are serialised by ExecutionMutex(), which every caller holds.
-void* SharedBuffer(int slot, size_t bytes) {
-  static void* buffers[2] = {nullptr, nullptr};
-  static size_t sizes[2] = {0, 0};
-  if (sizes[slot] < bytes) {
-    std::free(buffers[slot]);
-    buffers[slot] = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-    if (buffers[slot] == nullptr) {
-      sizes[slot] = 0;
-      throw std::bad_alloc();
-    }
-    sizes[slot] = bytes;
-  }
-  return buffers[slot];
-}
-
 // Why a geometry cannot be computed ("" when it can): checked before any division by groups.
 std::string Invalid(const Geometry& g) {
   for (int64_t v : {g.batch, g.in_h, g.in_w, g.in_c, g.out_h, g.out_w, g.out_c, g.k_h, g.k_w, g.stride_h,
@@ -187,41 +158,8 @@ ffi::ErrorOr<Geometry> MakeGeometry(ffi::Span<const int64_t> src, ffi::Span<cons
   return g;
 }
 
-// XLA CPU runs independent thunks concurrently (an input gradient beside a kernel gradient, say). Each
-// oneDNN call already spreads over every core with OpenMP, so two at once would oversubscribe the cores:
-// one convolution runs at a time.
-std::mutex& ExecutionMutex() {
-  static std::mutex mutex;
-  return mutex;
-}
-
-// Wall time spent inside oneDNN (reorders included, waiting for the mutex excluded), for profiling.
-std::atomic<int64_t> busy_ns{0}, busy_calls{0};
-
-template <typename Run>
-ffi::Error Guarded(Run run) {
-  try {
-    std::lock_guard<std::mutex> lock(ExecutionMutex());
-    auto start = std::chrono::steady_clock::now();
-    run();
-    busy_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
-    ++busy_calls;
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
-  } catch (const std::exception& e) {  // e.g. bad_alloc: an exception must not leave an FFI handler
-    return ffi::Error::Internal(std::string("jresnet oneDNN convolution: ") + e.what());
-  } catch (...) {
-    return ffi::Error::Internal("jresnet oneDNN convolution: unknown C++ exception");
-  }
-  return ffi::Error::Success();
-}
-
 void Execute(const Plan& plan, std::unordered_map<int, dnnl::memory> args) {
-  dnnl::stream stream(Engine());
-  args[DNNL_ARG_SCRATCHPAD] =
-      dnnl::memory(plan.scratchpad, Engine(), SharedBuffer(0, plan.scratchpad.get_size()));
-  plan.conv.execute(stream, args);
-  stream.wait();
+  jresnet_native::ExecuteWithScratchpad(plan.conv, plan.scratchpad, std::move(args));
 }
 
 // The caller's kernel in the layout `plan` wants: the caller's own buffer, or a reordered copy.
@@ -240,7 +178,7 @@ dnnl::memory Activation(const dims& d, void* data) { return dnnl::memory(Activat
 // The forward pass and the input gradient both read the kernel; the forward reads src and writes dst, the
 // input gradient reads diff_dst and writes diff_src.
 ffi::Error ReadingKernel(Direction direction, const Geometry& g, void* src, void* weights, void* dst) {
-  return Guarded([&] {
+  return Guarded("convolution", [&] {
     const Plan& plan = GetPlan(direction, g);
     bool forward = direction == kForward;
     Execute(plan, {{forward ? DNNL_ARG_SRC : DNNL_ARG_DIFF_SRC, Activation(g.Src(), src)},
@@ -270,7 +208,7 @@ ffi::Error BackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy
                                ffi::Span<const int64_t> dilation, int64_t groups) {
   auto g = MakeGeometry(x.dimensions(), dy.dimensions(), dw->dimensions(), strides, padding, dilation, groups);
   if (g.has_error()) return g.error();
-  return Guarded([&] {
+  return Guarded("convolution", [&] {
     const Plan& plan = GetPlan(kBackwardWeights, *g);
     dnnl::memory user(UserWeights(*g), Engine(), dw->typed_data());
     dnnl::memory out = plan.reorder ? dnnl::memory(plan.weights, Engine(), SharedBuffer(1, plan.weights.get_size()))
@@ -325,6 +263,7 @@ extern "C" int JresnetConvImpl(int direction, const int64_t* geometry, char* out
 
 // For profiling: nanoseconds spent inside oneDNN and the number of calls since the last reset.
 extern "C" void JresnetConvBusy(int64_t* ns, int64_t* calls, int reset) {
+  using jresnet_native::busy_calls, jresnet_native::busy_ns;
   *ns = reset ? busy_ns.exchange(0) : busy_ns.load();
   *calls = reset ? busy_calls.exchange(0) : busy_calls.load();
 }

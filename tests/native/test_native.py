@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jresnet import native
@@ -91,7 +92,7 @@ def test_the_first_process_compiles_and_later_ones_load_the_cached_library(tmp_p
     for run in (first, second):
         assert run.returncode == 0, run.stderr
         assert "AVAILABLE True" in run.stdout and "CORE onednn" in run.stdout and "CENTRE 18.0" in run.stdout
-    assert "compiling the oneDNN convolution kernels" in first.stderr
+    assert "compiling the oneDNN kernels" in first.stderr
     assert "compiling" not in second.stderr
     assert len(list((tmp_path / "cache" / "native").glob("jresnet_onednn_*.so"))) == 1
 
@@ -121,3 +122,36 @@ def test_busy_time_counts_each_kernel_call() -> None:
     seconds, calls = native.busy_time(reset=True)
     assert calls == 3 and seconds > 0  # forward, input gradient, kernel gradient
     assert native.busy_time() == (0.0, 0)
+
+
+@pytest.mark.skipif(not native.available(), reason=f"oneDNN kernels: {native.unavailable_reason()}")
+@pytest.mark.parametrize("bhwc", [(128, 32, 32, 16), (128, 16, 16, 32), (2, 3, 5, 7)])
+def test_batch_norm_gets_an_optimised_kernel_and_a_relu_workspace(bhwc: tuple[int, int, int, int]) -> None:
+    plain, fused = native.batch_norm_plan(bhwc, 1e-5, False), native.batch_norm_plan(bhwc, 1e-5, True)
+    for plan in (plain, fused):
+        assert not any(part.strip().startswith("ref") for part in plan.implementation.split("/")), plan
+    assert plain.workspace_bytes == 0
+    assert fused.workspace_bytes >= bhwc[0] * bhwc[1] * bhwc[2] * bhwc[3] // 8  # at least a bit per value
+
+
+@pytest.mark.skipif(not native.available(), reason=f"oneDNN kernels: {native.unavailable_reason()}")
+def test_batch_norm_plan_rejects_an_empty_activation_by_name() -> None:
+    with pytest.raises(ValueError, match=r"\(B, H, W, C\) = \(2, 0, 4, 3\).*must be >= 1"):
+        native.batch_norm_plan((2, 0, 4, 3), 1e-5, False)
+
+
+@pytest.mark.skipif(not native.available(), reason=f"oneDNN kernels: {native.unavailable_reason()}")
+def test_busy_time_counts_batch_norm_calls_too() -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from jresnet.norm_core import batch_norm_train_with_stats
+
+    w, b = jnp.ones(4), jnp.zeros(4)
+    step = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(batch_norm_train_with_stats(x, w, b, 1e-5, relu=True)[0]))))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 5, 4)), jnp.float32)
+    jax.block_until_ready(step(x))
+    jax.effects_barrier()
+    native.busy_time(reset=True)
+    jax.block_until_ready(step(x))
+    assert native.busy_time(reset=True)[1] == 2  # forward and backward
