@@ -1,11 +1,14 @@
 """What the oneDNN norm core buys: jresnet's train step with BatchNorm (+ReLU) by XLA and by oneDNN, paired.
 
 `jresnet.norm_core` computes training-mode BatchNorm either with XLA's formula ("xla") or with oneDNN's
-batch-normalisation primitive, the ReLU after it fused ("onednn", the CPU default where the kernels
-load). This script traces jresnet's real train step (`jresnet.bench.ModelBench`) once under each, checks
-that one step gives the same loss and gradient norm to float rounding, then times them alternately in one
-process and prints the paired speed ratio (> 1: oneDNN's norm is faster). ``--shapes`` also times the
-norm alone (forward and backward, with and without the ReLU) at each BatchNorm shape of the model.
+batch-normalisation primitive, the ReLU after it fused ("onednn"); "auto", the default, takes oneDNN's on
+CPU for float32 norms of few channels only. This script traces jresnet's real train step
+(`jresnet.bench.ModelBench`) under "xla" and under ``--against`` ("auto", as shipped, or "onednn": every
+norm on oneDNN), prints how many oneDNN norm calls each compiled step holds, checks that one step gives
+the same loss and gradient norm to float rounding, then times them alternately in one process and prints
+the paired speed ratio (> 1: the ``--against`` core is faster). ``--shapes`` also times one norm alone
+(forward and backward, with and without the ReLU) at each BatchNorm shape of the model, "xla" against
+"onednn".
 
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution OMP_WAIT_POLICY=PASSIVE \\
         .venv/bin/python experiments/norm_core_ab.py --model resnet20 --repeats 9 --steps 3
@@ -30,16 +33,21 @@ from jresnet.registry import create_model, get_spec
 from jresnet.summary import summary
 
 
-def benches(model: str, batch: int) -> dict[str, ModelBench]:
-    """The fp32 train step traced under each norm core, "xla" first."""
+def benches(model: str, batch: int, against: str) -> dict[str, ModelBench]:
+    """The fp32 train step traced under the "xla" norm core and under ``against``."""
     out = {}
-    for core in ("xla", "onednn"):
+    for core in ("xla", against):
         previous = norm_core.set_norm_core(core)
         try:
             out[core] = ModelBench(model, batch, "fp32", checks_overhead=False, steps=1)
         finally:
             norm_core.set_norm_core(previous)
     return out
+
+
+def onednn_norm_calls(bench: ModelBench) -> int:
+    """How many oneDNN batch-norm calls (forward and backward) the compiled train step holds."""
+    return bench._train_exe.as_text().count('custom_call_target="jresnet_batch_norm_')
 
 
 def one_step(bench: ModelBench) -> tuple[float, float]:
@@ -96,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--steps", type=int, default=3, help="train steps per timed repeat")
+    parser.add_argument("--against", default="auto", choices=("auto", "onednn"),
+                        help='the norm core timed against "xla": "auto" (as shipped) or "onednn" (every norm)')
     parser.add_argument("--shapes", action="store_true", help="also time each BatchNorm shape alone")
     parser.add_argument("--shapes-only", action="store_true", help="time each BatchNorm shape alone, no train step")
     args = parser.parse_args(argv)
@@ -108,17 +118,18 @@ def main(argv: list[str] | None = None) -> int:
         time_shapes(args.model, args.batch, max(args.repeats, 5))
     if args.shapes_only:
         return 0
-    paired = benches(args.model, args.batch)
+    paired = benches(args.model, args.batch, args.against)
     for name, bench in paired.items():
         loss, grad_norm = one_step(bench)
-        print(f"{name}: loss {loss:.7f}, grad norm {grad_norm:.7f}")
+        print(f"{name}: loss {loss:.7f}, grad norm {grad_norm:.7f}, oneDNN norm calls {onednn_norm_calls(bench)}")
+    b = args.against
     times: dict[str, list[float]] = {name: [] for name in paired}
     for r in range(args.repeats):
-        for name in (("xla", "onednn") if r % 2 == 0 else ("onednn", "xla")):
+        for name in (("xla", b) if r % 2 == 0 else (b, "xla")):
             times[name].append(paired[name].run_repeat("train", args.steps))
-    ratios = [a / b for a, b in zip(times["xla"], times["onednn"], strict=True)]
+    ratios = [x / y for x, y in zip(times["xla"], times[b], strict=True)]
     print(f"\n{args.model} fp32 batch {args.batch}: norm core xla {1e3 * statistics.median(times['xla']):.1f} "
-          f"ms/step, onednn {1e3 * statistics.median(times['onednn']):.1f} ms/step; onednn speed, paired over "
+          f"ms/step, {b} {1e3 * statistics.median(times[b]):.1f} ms/step; {b} speed, paired over "
           f"{args.repeats} repeats: {statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f})")
     return 0
 

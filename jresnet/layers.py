@@ -222,12 +222,12 @@ class BatchNorm2d(NCHWModule):
         jresnet's blocks pass ``relu=True`` for every norm that a ReLU follows: on CPU the oneDNN norm core
         (`jresnet.norm_core`) fuses it, elsewhere it is the same ``jax.nn.relu`` after the norm.
         """
-        x32 = x.astype(jnp.float32)
         if self.use_running_average:
-            y = normalize(x32, self.running_mean[...], self.running_var[...], self.weight[...], self.bias[...],
-                          self.eps)
+            y = normalize(x.astype(jnp.float32), self.running_mean[...], self.running_var[...], self.weight[...],
+                          self.bias[...], self.eps)
             return (jax.nn.relu(y) if relu else y).astype(x.dtype)
-        y, mean, var = batch_norm_train_with_stats(x32, self.weight[...], self.bias[...], self.eps, relu=relu)
+        # x in its own dtype: the norm core computes in float32 but picks its kernels by x's dtype
+        y, mean, var = batch_norm_train_with_stats(x, self.weight[...], self.bias[...], self.eps, relu=relu)
         n = x.shape[0] * x.shape[1] * x.shape[2]
         unbiased = var * (n / max(n - 1, 1))
         m = self.momentum

@@ -24,12 +24,14 @@ apply the ReLU that follows the norm. `set_norm_core` picks who computes it on C
   channels stay XLA's (resnet20's fp32 train step: 1.04x; see the README's lever table). Values equal the
   formula's to float rounding (oneDNN sums in its own order), not bit for bit.
 - **"xla"**: the formula above, compiled by XLA, on every backend.
-- **"auto"** (the default): "onednn" where it applies (CPU, float32, the kernels built), else "xla". On
+- **"auto"** (the default): "onednn" where it applies and wins (CPU, float32, the kernels built, at most
+  `ONEDNN_MAX_CHANNELS` channels), else "xla"; "onednn" set explicitly takes every float32 norm. On
   GPU and TPU it is always XLA's (`lax.platform_dependent`), so a program traced for an accelerator holds
   no CPU custom call.
 
 Gradients of gradients work on both: the oneDNN backward is itself differentiable, by autodiff of the
-formula (gradient penalties, Hessian-vector products).
+formula (gradient penalties; Hessian-vector products as the gradient of a gradient-vector product). Like
+every custom_vjp, neither core has forward-mode derivatives (`jax.jvp`, `jax.hessian`).
 """
 
 from __future__ import annotations
@@ -126,7 +128,9 @@ def get_norm_core() -> str:
 
 
 def resolved_norm_core(dtype: jnp.dtype | type = jnp.float32) -> str:
-    """The core a CPU trace of a training-mode batch norm of a ``dtype`` activation runs: "onednn" or "xla"."""
+    """The core a CPU trace of a training-mode batch norm of a ``dtype`` activation runs: "onednn" or "xla".
+
+    Under "auto", a "onednn" norm of more than `ONEDNN_MAX_CHANNELS` channels still runs XLA's."""
     if _core != "xla" and jnp.dtype(dtype) == jnp.float32 and native.available():
         return "onednn"
     return "xla"
@@ -226,15 +230,19 @@ def _xla_with_stats(x32: jax.Array, weight: jax.Array, bias: jax.Array, eps: flo
     return (jax.nn.relu(y) if relu else y), *batch_stats(lax.stop_gradient(x32))
 
 
-def batch_norm_train_with_stats(x32: jax.Array, weight: jax.Array, bias: jax.Array, eps: float, *,
+def batch_norm_train_with_stats(x: jax.Array, weight: jax.Array, bias: jax.Array, eps: float, *,
                                 relu: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Training-mode batch norm of an NHWC float32 activation, optionally followed by a ReLU: (y, mean, var).
+    """Training-mode batch norm of an NHWC activation, optionally followed by a ReLU: (y, mean, var), float32.
 
-    mean and var are the batch's per-channel mean and biased variance, for the running averages; no
-    gradient flows through them (y's gradient already accounts for them). The norm core (`set_norm_core`)
-    decides which kernels compute it.
+    It computes in float32 whatever x's dtype; the norm core (`set_norm_core`) decides which kernels, by x's
+    own dtype (oneDNN's norm is float32-only, so a bf16 model keeps XLA's). mean and var are the batch's
+    per-channel mean and biased variance, for the running averages; no gradient flows through them (y's
+    gradient already accounts for them).
     """
-    if resolved_norm_core(x32.dtype) == "xla" or 0 in x32.shape or not _onednn_is_faster(x32.shape, relu):
+    x32 = x.astype(jnp.float32)
+    weight, bias = weight.astype(jnp.float32), bias.astype(jnp.float32)
+    skip = _core == "auto" and not _onednn_is_faster(x.shape, relu)  # "onednn" set explicitly takes every shape
+    if resolved_norm_core(x.dtype) == "xla" or 0 in x.shape or skip:
         return _xla_with_stats(x32, weight, bias, eps, relu)
 
     def onednn(x_: jax.Array, w_: jax.Array, b_: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

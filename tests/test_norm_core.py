@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
@@ -118,7 +119,10 @@ def test_each_core_matches_the_formula_with_and_without_relu(core, b, h, w, c, o
     r = jnp.asarray(rng.standard_normal((b, h, w, c)), jnp.float32)
     with norm_core_set_to(core):
         assert resolved_norm_core() == core
-        y, mean, var = jax.jit(lambda *a: batch_norm_train_with_stats(*a, 1e-5, relu=relu))(x, weight, bias)
+        forward = jax.jit(lambda *a: batch_norm_train_with_stats(*a, 1e-5, relu=relu))
+        # the core really computes it (not a fallback): oneDNN's custom call is in the program or absent
+        assert ("jresnet_batch_norm_forward" in forward.lower(x, weight, bias).as_text()) == (core == "onednn")
+        y, mean, var = forward(x, weight, bias)
         grads = jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(batch_norm_train_with_stats(*a, 1e-5, relu=relu)[0])
                                                     * r), (0, 1, 2)))(x, weight, bias)
     flat = np.asarray(x, np.float64).reshape(-1, c)
@@ -194,19 +198,56 @@ def test_auto_runs_forward_and_backward_through_onednn_for_float32_on_cpu_only()
     assert compiled_calls(3) == {"jresnet_batch_norm_forward", "jresnet_batch_norm_backward"}
     with norm_core_set_to("xla"):
         assert compiled_calls(3) == set()
-    # Above ONEDNN_MAX_CHANNELS XLA's norm is the faster one, so it stays.
+    # Above ONEDNN_MAX_CHANNELS XLA's norm is the faster one, so "auto" keeps it; "onednn" set explicitly
+    # takes every float32 norm.
     assert compiled_calls(ONEDNN_MAX_CHANNELS) != set()
     assert compiled_calls(ONEDNN_MAX_CHANNELS + 1) == set()
+    with norm_core_set_to("onednn"):
+        assert compiled_calls(ONEDNN_MAX_CHANNELS + 1) == {"jresnet_batch_norm_forward", "jresnet_batch_norm_backward"}
 
 
 @on_cpu
 @needs_onednn
-def test_onednn_core_maps_over_a_vmapped_axis_per_instance() -> None:
-    x = jnp.asarray(np.random.default_rng(5).standard_normal((3, 2, 4, 4, 6)), jnp.float32)
-    w, b = jnp.ones(6), jnp.zeros(6)
-    mapped = jax.vmap(lambda v: batch_norm_train_with_stats(v, w, b, 1e-5, relu=True)[0])(x)
+def test_a_bf16_layer_keeps_xlas_norm_and_bf16_params_still_work() -> None:
+    def calls(x: jax.Array, bn: BatchNorm2d) -> set[str]:
+        graphdef, state = nnx.split(bn)
+
+        def loss(state: nnx.State, x_: jax.Array) -> jax.Array:
+            return jnp.sum(nnx.merge(graphdef, state).forward_nhwc(x_, relu=True).astype(jnp.float32))
+
+        return _custom_calls(jax.jit(jax.grad(loss)).lower(state, x).as_text())
+
+    x = jnp.asarray(np.random.default_rng(8).standard_normal((2, 4, 4, 3)), jnp.float32)
+    assert calls(x, BatchNorm2d(3)) == {"jresnet_batch_norm_forward", "jresnet_batch_norm_backward"}
+    assert calls(x.astype(jnp.bfloat16), BatchNorm2d(3)) == set()  # oneDNN's norm is float32-only
+    # float32 activations with bf16 parameters: oneDNN reads float32 copies, and the values stay right
+    bn = BatchNorm2d(3)
+    bn.weight[...], bn.bias[...] = jnp.full(3, 2.0, jnp.bfloat16), jnp.full(3, 0.5, jnp.bfloat16)
+    y = bn.forward_nhwc(x, relu=True)
+    assert _relative_error(y, _formula(x, jnp.full(3, 2.0), jnp.full(3, 0.5), 1e-5, True)) < 1e-5
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_vmap_and_remat_give_per_instance_values_and_gradients(core: str) -> None:
+    rng = np.random.default_rng(5)
+    x, r = (jnp.asarray(rng.standard_normal((3, 2, 4, 4, 6)), jnp.float32) for _ in range(2))
+    w, b = jnp.asarray(rng.standard_normal(6), jnp.float32), jnp.asarray(rng.standard_normal(6), jnp.float32)
+
+    def loss(norm, w_, b_):  # a sum over 3 independent instances, each normalised with its own statistics
+        return jnp.sum(jnp.sin(jax.vmap(lambda v: norm(v, w_, b_))(x)) * r)
+
+    def ours(v, w_, b_):
+        return batch_norm_train_with_stats(v, w_, b_, 1e-5, relu=True)[0]
+
+    with norm_core_set_to(core):
+        got = jax.jit(jax.grad(lambda w_, b_: loss(ours, w_, b_), (0, 1)))(w, b)
+        remat = jax.jit(jax.grad(lambda w_, b_: loss(jax.checkpoint(ours), w_, b_), (0, 1)))(w, b)
+        values = jax.vmap(lambda v: ours(v, w, b))(x)
+    want = jax.grad(lambda w_, b_: loss(lambda v, ww, bb: _formula(v, ww, bb, 1e-5, True), w_, b_), (0, 1))(w, b)
     for i in range(3):
-        assert _relative_error(mapped[i], _formula(x[i], w, b, 1e-5, True)) < 1e-5
+        assert _relative_error(values[i], _formula(x[i], w, b, 1e-5, True)) < 1e-5
+    for g, g_remat, ref in zip(got, remat, want, strict=True):
+        assert _relative_error(g, ref) < 2e-4 and _relative_error(g_remat, ref) < 2e-4
 
 
 def test_set_norm_core_validates_and_returns_the_previous_name() -> None:

@@ -68,11 +68,21 @@ memory PerChannel(int64_t c, const void* data) {
   return memory(memory::desc({c}, memory::data_type::f32, memory::format_tag::x), Engine(), const_cast<void*>(data));
 }
 
-// Checks the shapes the handlers get: an NHWC activation, (C,) vectors, a workspace large enough.
-ffi::Error CheckShapes(ffi::Span<const int64_t> x, std::initializer_list<ffi::Span<const int64_t>> vectors) {
+bool SameDims(ffi::Span<const int64_t> a, ffi::Span<const int64_t> b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i] != b[i]) return false;
+  return true;
+}
+
+// Checks the shapes the handlers get: NHWC activations all alike, and (C,) vectors.
+ffi::Error CheckShapes(ffi::Span<const int64_t> x, std::initializer_list<ffi::Span<const int64_t>> activations,
+                       std::initializer_list<ffi::Span<const int64_t>> vectors) {
   if (x.size() != 4) return ffi::Error::InvalidArgument("batch norm: the activation must be (B, H, W, C)");
   for (int64_t v : x)
     if (v < 1) return ffi::Error::InvalidArgument("batch norm: every dimension of the activation must be >= 1");
+  for (auto a : activations)
+    if (!SameDims(a, x)) return ffi::Error::InvalidArgument("batch norm: x, y, dy and dx must have one shape");
   for (auto v : vectors)
     if (v.size() != 1 || v[0] != x[3])
       return ffi::Error::InvalidArgument("batch norm: weight, bias, mean and variance must be (C,)");
@@ -88,7 +98,8 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> weight, ff
                        ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> mean,
                        ffi::ResultBuffer<ffi::F32> var, ffi::ResultBuffer<ffi::U8> workspace, float eps, bool relu) {
   auto d = x.dimensions();
-  if (auto e = CheckShapes(d, {weight.dimensions(), bias.dimensions(), mean->dimensions(), var->dimensions()});
+  if (auto e = CheckShapes(d, {y->dimensions()},
+                           {weight.dimensions(), bias.dimensions(), mean->dimensions(), var->dimensions()});
       !e.success())
     return e;
   return Guarded("batch norm", [&] {
@@ -111,8 +122,9 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::
                         ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dweight,
                         ffi::ResultBuffer<ffi::F32> dbias, float eps, bool relu) {
   auto d = x.dimensions();
-  if (auto e = CheckShapes(d, {mean.dimensions(), var.dimensions(), weight.dimensions(), dweight->dimensions(),
-                               dbias->dimensions()});
+  if (auto e = CheckShapes(d, {dy.dimensions(), dx->dimensions()},
+                           {mean.dimensions(), var.dimensions(), weight.dimensions(), dweight->dimensions(),
+                            dbias->dimensions()});
       !e.success())
     return e;
   return Guarded("batch norm", [&] {
@@ -176,6 +188,9 @@ extern "C" int JresnetBatchNormPlan(const int64_t* bhwc, float eps, int relu, in
     return 0;
   } catch (const std::exception& e) {
     snprintf(impl, impl_len, "%s", e.what());
+    return 1;
+  } catch (...) {
+    snprintf(impl, impl_len, "unknown C++ exception");
     return 1;
   }
 }
