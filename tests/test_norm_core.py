@@ -117,22 +117,24 @@ def test_each_core_matches_the_formula_with_and_without_relu(core, b, h, w, c, o
     x = jnp.asarray(rng.standard_normal((b, h, w, c)) * spread + offset, jnp.float32)
     weight, bias = (jnp.asarray(rng.standard_normal(c), jnp.float32) for _ in range(2))
     r = jnp.asarray(rng.standard_normal((b, h, w, c)), jnp.float32)
+
+    def grads(norm):
+        return jax.grad(lambda *a: jnp.sum(jnp.sin(norm(*a)[0]) * r), (0, 1, 2))
+
+    ours = lambda *a: batch_norm_train_with_stats(*a, 1e-5, relu=relu)  # noqa: E731
+    formula = lambda *a: (_formula(*a, 1e-5, relu),)  # noqa: E731
     with norm_core_set_to(core):
         assert resolved_norm_core() == core
-        forward = jax.jit(lambda *a: batch_norm_train_with_stats(*a, 1e-5, relu=relu))
+        both = jax.jit(lambda *a: (ours(*a), grads(ours)(*a), formula(*a)[0], grads(formula)(*a)))  # one compile
         # the core really computes it (not a fallback): oneDNN's custom call is in the program or absent
-        assert ("jresnet_batch_norm_forward" in forward.lower(x, weight, bias).as_text()) == (core == "onednn")
-        y, mean, var = forward(x, weight, bias)
-        grads = jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(batch_norm_train_with_stats(*a, 1e-5, relu=relu)[0])
-                                                    * r), (0, 1, 2)))(x, weight, bias)
+        assert ("jresnet_batch_norm_forward" in both.lower(x, weight, bias).as_text()) == (core == "onednn")
+        (y, mean, var), got, want_y, want = both(x, weight, bias)
     flat = np.asarray(x, np.float64).reshape(-1, c)
     np.testing.assert_allclose(mean, flat.mean(0), rtol=1e-5, atol=1e-5 * spread)
     np.testing.assert_allclose(var, flat.var(0), rtol=1e-4, atol=1e-6)
-    want_y = _formula(x, weight, bias, 1e-5, relu)
     assert _relative_error(y, want_y) < 1e-5
-    want = jax.grad(lambda *a: jnp.sum(jnp.sin(_formula(*a, 1e-5, relu)) * r), (0, 1, 2))(x, weight, bias)
-    for name, got, ref in zip(("x", "weight", "bias"), grads, want, strict=True):
-        assert _relative_error(got, ref) < 2e-4, f"{core} d{name}"
+    for name, g, ref in zip(("x", "weight", "bias"), got, want, strict=True):
+        assert _relative_error(g, ref) < 2e-4, f"{core} d{name}"
 
 
 @pytest.mark.parametrize("core", CORES)
