@@ -20,9 +20,9 @@ apply the ReLU that follows the norm. `set_norm_core` picks who computes it on C
 - **"onednn"**: oneDNN's batch-normalisation primitive (PyTorch's CPU BatchNorm) through XLA's FFI
   (`jresnet.native`), with the ReLU fused into its passes: the statistics, the normalisation, the ReLU and
   the backward each in oneDNN's own loops, where XLA CPU writes x - mean, x̂ and the ReLU's mask between
-  its library reductions. It wins only at few channels, so norms of more than `ONEDNN_MAX_CHANNELS`
-  channels stay XLA's (resnet20's fp32 train step: 1.04x; see the README's lever table). Values equal the
-  formula's to float rounding (oneDNN sums in its own order), not bit for bit.
+  its library reductions. It won only at few channels (resnet20's fp32 train step: 1.04x; see the
+  README's lever table), so "auto" keeps XLA's for norms of more than `ONEDNN_MAX_CHANNELS` channels.
+  Values equal the formula's to float rounding (oneDNN sums in its own order), not bit for bit.
 - **"xla"**: the formula above, compiled by XLA, on every backend.
 - **"auto"** (the default): "onednn" where it applies and wins (CPU, float32, the kernels built, at most
   `ONEDNN_MAX_CHANNELS` channels), else "xla"; "onednn" set explicitly takes every float32 norm. On
