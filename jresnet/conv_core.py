@@ -36,11 +36,12 @@ import numpy as np
 from jax import lax
 
 from jresnet import native
+from jresnet.core_choice import CoreChoice
 
 __all__ = ["conv2d_nhwc", "get_conv_core", "resolved_conv_core", "set_conv_core"]
 
 CORES = ("auto", "onednn", "materialized", "lax")
-_core = "auto"
+_choice = CoreChoice("set_conv_core", CORES)
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
@@ -51,19 +52,12 @@ def set_conv_core(name: str) -> str:
     It takes effect when a function is next traced (jit caches keep what they traced before). "onednn"
     raises if its kernels cannot be loaded on this machine, and says why.
     """
-    global _core
-    if name not in CORES:
-        raise ValueError(f"set_conv_core: name must be one of {CORES}; got {name!r}")
-    if name == "onednn" and not native.available():
-        raise RuntimeError(f"set_conv_core('onednn'): the oneDNN kernels are not available: "
-                           f"{native.unavailable_reason()}")
-    previous, _core = _core, name
-    return previous
+    return _choice.set(name)
 
 
 def get_conv_core() -> str:
     """The conv core new traces use, as set: "auto", "onednn", "materialized" or "lax"."""
-    return _core
+    return _choice.name
 
 
 def resolved_conv_core(dtype: jnp.dtype | type = jnp.float32) -> str:
@@ -73,9 +67,9 @@ def resolved_conv_core(dtype: jnp.dtype | type = jnp.float32) -> str:
     "onednn", `conv2d_nhwc` sends a convolution with negative padding or an empty dimension (which oneDNN
     rejects) to "materialized".
     """
-    if _core == "lax":
+    if _choice.name == "lax":
         return "lax"
-    if _core in ("auto", "onednn") and jnp.dtype(dtype) == jnp.float32 and native.available():
+    if _choice.name in ("auto", "onednn") and jnp.dtype(dtype) == jnp.float32 and native.available():
         return "onednn"
     return "materialized"
 

@@ -44,12 +44,13 @@ import numpy as np
 from jax import lax
 
 from jresnet import native
+from jresnet.core_choice import CoreChoice
 
 __all__ = ["batch_norm_train", "batch_norm_train_with_stats", "batch_stats", "get_norm_core", "normalize",
            "resolved_norm_core", "set_norm_core"]
 
 CORES = ("auto", "onednn", "xla")
-_core = "auto"
+_choice = CoreChoice("set_norm_core", CORES)
 
 _AXES = (0, 1, 2)  # B, H, W of an NHWC activation
 
@@ -112,26 +113,19 @@ def set_norm_core(name: str) -> str:
     It takes effect when a function is next traced (jit caches keep what they traced before). "onednn"
     raises if its kernels cannot be loaded on this machine, and says why.
     """
-    global _core
-    if name not in CORES:
-        raise ValueError(f"set_norm_core: name must be one of {CORES}; got {name!r}")
-    if name == "onednn" and not native.available():
-        raise RuntimeError(f"set_norm_core('onednn'): the oneDNN kernels are not available: "
-                           f"{native.unavailable_reason()}")
-    previous, _core = _core, name
-    return previous
+    return _choice.set(name)
 
 
 def get_norm_core() -> str:
     """The norm core new traces use, as set: "auto", "onednn" or "xla"."""
-    return _core
+    return _choice.name
 
 
 def resolved_norm_core(dtype: jnp.dtype | type = jnp.float32) -> str:
     """The core a CPU trace of a training-mode batch norm of a ``dtype`` activation runs: "onednn" or "xla".
 
     Under "auto", a "onednn" norm of more than `ONEDNN_MAX_CHANNELS` channels still runs XLA's."""
-    if _core != "xla" and jnp.dtype(dtype) == jnp.float32 and native.available():
+    if _choice.name != "xla" and jnp.dtype(dtype) == jnp.float32 and native.available():
         return "onednn"
     return "xla"
 
@@ -147,14 +141,17 @@ def _workspace_bytes(shape: tuple[int, ...], eps: float, relu: bool) -> int:
     return max(native.batch_norm_plan(shape, eps, relu).workspace_bytes, 1) if relu else 1
 
 
+def _f32(shape: tuple[int, ...]) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _onednn_forward(x32: jax.Array, weight: jax.Array, bias: jax.Array, eps: float,
                     relu: bool) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """oneDNN's forward: (y, mean, biased variance, the ReLU's workspace)."""
     c = x32.shape[-1]
-    f32 = partial(jax.ShapeDtypeStruct, dtype=jnp.float32)
     workspace = jax.ShapeDtypeStruct((_workspace_bytes(x32.shape, eps, relu),), jnp.uint8)
-    call = jax.ffi.ffi_call("jresnet_batch_norm_forward", (f32(x32.shape), f32((c,)), f32((c,)), workspace),
+    call = jax.ffi.ffi_call("jresnet_batch_norm_forward", (_f32(x32.shape), _f32((c,)), _f32((c,)), workspace),
                             vmap_method="sequential")
     return tuple(call(x32, weight, bias, eps=np.float32(eps), relu=relu))
 
@@ -164,8 +161,7 @@ def _onednn_grads(x32: jax.Array, dy: jax.Array, mean: jax.Array, var: jax.Array
                   bias: jax.Array, workspace: jax.Array, eps: float, relu: bool) -> tuple[jax.Array, ...]:
     """oneDNN's backward: (dx, dweight, dbias). ``bias`` is only for the reference that differentiates it."""
     c = x32.shape[-1]
-    f32 = partial(jax.ShapeDtypeStruct, dtype=jnp.float32)
-    call = jax.ffi.ffi_call("jresnet_batch_norm_backward", (f32(x32.shape), f32((c,)), f32((c,))),
+    call = jax.ffi.ffi_call("jresnet_batch_norm_backward", (_f32(x32.shape), _f32((c,)), _f32((c,))),
                             vmap_method="sequential")
     return tuple(call(x32, dy, mean, var, weight, workspace, eps=np.float32(eps), relu=relu))
 
@@ -218,8 +214,11 @@ _onednn_grads.defvjp(_onednn_grads_rule, _onednn_grads_backward)
 ONEDNN_MAX_CHANNELS = 32
 
 
-def _onednn_is_faster(shape: tuple[int, ...], relu: bool) -> bool:
-    """Whether oneDNN's norm beats XLA's for an NHWC activation of ``shape`` (with or without the ReLU)."""
+def _onednn_is_faster(shape: tuple[int, ...]) -> bool:
+    """Whether oneDNN's norm beats XLA's for an NHWC activation of ``shape``.
+
+    With or without the ReLU alike: in the step, ReLU-fused norms of 64+ channels lost too (see above).
+    """
     return shape[-1] <= ONEDNN_MAX_CHANNELS
 
 
@@ -241,7 +240,7 @@ def batch_norm_train_with_stats(x: jax.Array, weight: jax.Array, bias: jax.Array
     """
     x32 = x.astype(jnp.float32)
     weight, bias = weight.astype(jnp.float32), bias.astype(jnp.float32)
-    skip = _core == "auto" and not _onednn_is_faster(x.shape, relu)  # "onednn" set explicitly takes every shape
+    skip = _choice.name == "auto" and not _onednn_is_faster(x.shape)  # "onednn" set explicitly takes every shape
     if resolved_norm_core(x.dtype) == "xla" or 0 in x.shape or skip:
         return _xla_with_stats(x32, weight, bias, eps, relu)
 
