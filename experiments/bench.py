@@ -276,13 +276,17 @@ def build_workers(model: str, dtype: str, input_shape: tuple[int, int, int], arg
     chw = "x".join(str(v) for v in input_shape)
     torch_env = dict(os.environ)
     torch_env.pop("JRESNET_XLA_FLAGS", None)
-    # JAX workers get the environment jresnet's CLI sets (OMP_WAIT_POLICY for the oneDNN kernels; the
-    # caller's own values win); torch keeps the caller's environment, as a torch user would run it. Every
-    # worker of a group holds its model on the device at once: JAX must not take 75% of a GPU's memory up
-    # front (its default), or the torch workers beside it would run out.
+    # JAX workers get the environment jresnet's CLI sets (OMP_WAIT_POLICY for the oneDNN kernels, and
+    # tcmalloc or jemalloc preloaded where installed; the caller's own values win); torch keeps the caller's
+    # environment, as a torch user would run it. Every worker of a group holds its model on the device at
+    # once: JAX must not take 75% of a GPU's memory up front (its default), or the torch workers beside it
+    # would run out.
     from jresnet.cli import CPU_ENVIRONMENT
+    from jresnet.host_allocator import ENV_CHOICE, preload_environment
 
     base_env = {**CPU_ENVIRONMENT, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", **torch_env}
+    if os.environ.get("JRESNET_XLA_FLAGS", "1") != "0":
+        base_env = preload_environment(os.environ.get(ENV_CHOICE, "auto"), base_env) or base_env
     flag_env = {**base_env, "XLA_FLAGS": f"{base_env.get('XLA_FLAGS', '')} {args.xla_flags}".strip()}
     common = ["--model", model, "--batch", str(args.batch), "--dtype", dtype, "--input", chw]
     me = [sys.executable, str(HERE / "bench.py"), "--worker", *common, "--matmul-n", str(args.matmul_n)]
@@ -467,6 +471,8 @@ def markdown(groups: list[dict[str, Any]]) -> str:
         isa = env.get("cpu_isa")
         if isa is not None:
             extra += f"; CPU vector extensions: {', '.join(isa) or 'none of AVX2/AVX-512/AMX/NEON'}"
+        if env.get("host_malloc"):
+            extra += f"; JAX workers' malloc: {env['host_malloc']}"
         core = env.get("conv_core")
         if core is not None:
             extra += f"; jresnet fp32 conv core on CPU: {core['fp32_on_cpu']} (oneDNN: {core['onednn']})"
@@ -585,6 +591,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.variants) - set(ALL_VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {ALL_VARIANTS}")
+    from jresnet.host_allocator import ENV_CHOICE, preload_environment
+
+    try:  # the malloc the JAX workers will run on, checked before any worker starts
+        preload_environment(os.environ.get(ENV_CHOICE, "auto"), os.environ)
+    except ValueError as err:
+        parser.error(str(err))
     if args.no_torch:
         args.torch_python = None
     elif args.torch_python is None and os.path.exists(DEFAULT_TORCH_PYTHON):

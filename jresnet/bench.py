@@ -52,6 +52,7 @@ from jresnet import native
 from jresnet.conv_core import get_conv_core, resolved_conv_core
 from jresnet.data import normalize
 from jresnet.functional import apply
+from jresnet.host_allocator import allocator_in_use
 from jresnet.models import ResNetSpec
 from jresnet.registry import create_model, get_spec
 from jresnet.summary import summary
@@ -389,7 +390,7 @@ def cpu_isa(cpuinfo: str | None = None) -> list[str] | None:
 
 
 def environment() -> dict[str, Any]:
-    """What the numbers depend on: versions, backend, device, XLA_FLAGS, the conv core, the persistent
+    """What the numbers depend on: versions, backend, device, XLA_FLAGS, the host malloc, the conv core, the persistent
     compilation cache, cores, the CPU's vector extensions and the load average."""
     device = jax.devices()[0]
     onednn = native.status()
@@ -399,6 +400,7 @@ def environment() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "device": getattr(device, "device_kind", str(device)),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "host_malloc": allocator_in_use(),
         "conv_core": {"set": get_conv_core(), "fp32_on_cpu": resolved_conv_core(jnp.float32),
                       "onednn": onednn.onednn_version if onednn.available else f"unavailable: {onednn.reason}"},
         "compilation_cache_dir": jax.config.jax_compilation_cache_dir,  # a warm cache shortens compile s

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from jresnet.data import Dataset, Loader, dataset_stats, load_dataset, train_val_split
+from jresnet.host_allocator import allocator_in_use
 from jresnet.models import ResNet
 from jresnet.registry import create_model
 from jresnet.summary import check_model
@@ -250,7 +251,8 @@ def train(cfg: RunConfig, *, verbose: bool = True) -> TrainResult:
             print(f"resuming {run_dir} from step {start}")
     # Only now, once the folder's checkpoints are known to fit this config, may its config.yaml change.
     write_run_info(run_dir, config_to_dict(cfg), {
-        "devices": [str(d) for d in jax.devices()], "num_devices": dp.num_devices, "seed": t.seed,
+        "devices": [str(d) for d in jax.devices()], "num_devices": dp.num_devices, "host_malloc": allocator_in_use(),
+        "seed": t.seed,
         "train_examples": len(data.train), "val_examples": len(data.val), "test_examples": len(data.test)})
     truncate_after(run_dir, start)
     state = dp.replicate(state)
@@ -270,7 +272,8 @@ def train(cfg: RunConfig, *, verbose: bool = True) -> TrainResult:
     if verbose:
         print(f"{cfg.name}: {cfg.model.name} on {cfg.data.name} ({len(data.train)} train / {len(data.val)} val / "
               f"{len(data.test)} test), {total} steps of {t.batch_size} on {dp.num_devices} "
-              f"{jax.devices()[0].platform} device(s); train step compiled in {compile_seconds:.1f} s")
+              f"{jax.devices()[0].platform} device(s), host malloc {allocator_in_use()}; train step compiled in "
+              f"{compile_seconds:.1f} s")
 
     log = MetricsLog(run_dir)
     timer = _Timer()
