@@ -277,7 +277,7 @@ def build_workers(model: str, dtype: str, input_shape: tuple[int, int, int], arg
     torch_env = dict(os.environ)
     torch_env.pop("JRESNET_XLA_FLAGS", None)
     # JAX workers get the environment jresnet's CLI sets (OMP_WAIT_POLICY for the oneDNN kernels, and
-    # tcmalloc or jemalloc preloaded where installed; the caller's own values win); torch keeps the caller's
+    # jemalloc or tcmalloc preloaded where installed; the caller's own values win); torch keeps the caller's
     # environment, as a torch user would run it. Every worker of a group holds its model on the device at
     # once: JAX must not take 75% of a GPU's memory up front (its default), or the torch workers beside it
     # would run out.
@@ -594,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     from jresnet.host_allocator import ENV_CHOICE, preload_environment
 
     try:  # the malloc the JAX workers will run on, checked before any worker starts
-        preload_environment(os.environ.get(ENV_CHOICE, "auto"), os.environ)
+        if os.environ.get("JRESNET_XLA_FLAGS", "1") != "0":
+            preload_environment(os.environ.get(ENV_CHOICE, "auto"), os.environ)
     except ValueError as err:
         parser.error(str(err))
     if args.no_torch:

@@ -174,14 +174,18 @@ PRELOAD_COMMANDS = ("train", "eval", "bench")
 
 
 def run() -> NoReturn:
-    """The console script: `main` under tcmalloc or jemalloc when the command runs steps and one is
-    installed (`jresnet.host_allocator`: resnet20's CPU train step ~1.1x), then exit with its status."""
-    if any(arg in PRELOAD_COMMANDS for arg in sys.argv[1:2]):
+    """The console script: `main` under jemalloc or tcmalloc when the command runs steps and one is
+    installed (`jresnet.host_allocator`; see README, Performance), then exit with its status."""
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command in PRELOAD_COMMANDS:
         try:
             reexec_with_preferred_allocator()
         except ValueError as err:
-            print(f"jresnet: error: {err}", file=sys.stderr)
+            print(f"jresnet {command}: error: {err}", file=sys.stderr)
             sys.exit(2)
+        except OSError as err:  # exec failed: run on the malloc we have
+            print(f"jresnet {command}: note: could not restart under another malloc ({err}); "
+                  "running on the system's", file=sys.stderr)
     sys.exit(main())
 
 

@@ -120,3 +120,40 @@ def test_torch_workers_get_cudnn_benchmark_only_when_asked() -> None:
     args.torch_cudnn_benchmark = True
     (tuned,) = harness.build_workers("resnet20", "fp32", (3, 32, 32), args, steps=1)
     assert "--cudnn-benchmark" not in plain.cmd and "--cudnn-benchmark" in tuned.cmd
+
+
+def test_jax_workers_run_on_the_malloc_jresnet_train_preloads(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    from jresnet import host_allocator
+
+    (tmp_path / "libjemalloc.so.2").write_bytes(b"")
+    monkeypatch.setattr(host_allocator, "default_search_dirs", lambda: [tmp_path])
+    for name in ("LD_PRELOAD", host_allocator.ENV_CHOICE, "JRESNET_XLA_FLAGS"):
+        monkeypatch.delenv(name, raising=False)
+    args = harness.argparse.Namespace(batch=2, matmul_n=64, xla_flags="", variants=["jresnet", "torch-eager_cl"],
+                                      baseline=None, torch_python="python3", torch_cudnn_benchmark=False)
+    jax_worker, torch_worker = harness.build_workers("resnet20", "fp32", (3, 32, 32), args, steps=1)
+    assert jax_worker.env["LD_PRELOAD"] == str(tmp_path / "libjemalloc.so.2")
+    assert "LD_PRELOAD" not in torch_worker.env  # torch runs as its users run it
+    monkeypatch.setenv(host_allocator.ENV_CHOICE, "system")
+    jax_worker, _ = harness.build_workers("resnet20", "fp32", (3, 32, 32), args, steps=1)
+    assert "LD_PRELOAD" not in jax_worker.env
+
+
+@pytest.mark.slow
+def test_malloc_ab_pairs_glibc_with_each_installed_malloc(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    import malloc_ab
+
+    from jresnet.host_allocator import find_allocator
+
+    # Batch 64: XLA's per-step block (~120 MB) is over glibc's 32 MB mmap ceiling, as at batch 128.
+    assert malloc_ab.main(["--model", "resnet20", "--batch", "64", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = dict(re.findall(r"^\| (glibc|tcmalloc|jemalloc) \| \d+ \| \d+ \| (\d+) \| \d+ \| [\d.]+ \(", out, re.M))
+    expected = {"glibc"} | {name for name in ("tcmalloc", "jemalloc") if find_allocator(name) is not None}
+    assert set(rows) == expected, out
+    assert int(rows["glibc"]) > 10_000, out  # the block's pages, faulted in again every step
+    for name in expected - {"glibc"}:  # their workers really ran on it (the script checks) and kept the block
+        assert int(rows[name]) < int(rows["glibc"]) / 100, out

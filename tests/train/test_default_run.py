@@ -7,6 +7,7 @@ does, and checks what it prints and writes.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -32,3 +33,9 @@ def test_default_run_reaches_98_percent_on_digits(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "runs" / "digits_resnet20" / "result.json").read_text())
     assert result["test_accuracy"] == pytest.approx(accuracy, abs=5e-5)
     assert accuracy >= 0.98
+    # The console script preloads jemalloc where it is installed (CI installs it): the header and env.json say so.
+    malloc = re.search(r"host malloc (\w+)", out).group(1)
+    env = json.loads((tmp_path / "runs" / "digits_resnet20" / "env.json").read_text())
+    assert env["host_malloc"] == malloc
+    if os.environ.get("JRESNET_TEST_REQUIRE_MALLOC"):
+        assert malloc == os.environ["JRESNET_TEST_REQUIRE_MALLOC"], out[:2000]
