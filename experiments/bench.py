@@ -282,11 +282,10 @@ def build_workers(model: str, dtype: str, input_shape: tuple[int, int, int], arg
     # once: JAX must not take 75% of a GPU's memory up front (its default), or the torch workers beside it
     # would run out.
     from jresnet.cli import CPU_ENVIRONMENT
-    from jresnet.host_allocator import ENV_CHOICE, preload_environment
+    from jresnet.host_allocator import malloc_choice, preload_environment
 
     base_env = {**CPU_ENVIRONMENT, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", **torch_env}
-    if os.environ.get("JRESNET_XLA_FLAGS", "1") != "0":
-        base_env = preload_environment(os.environ.get(ENV_CHOICE, "auto"), base_env) or base_env
+    base_env = preload_environment(malloc_choice(os.environ), base_env) or base_env
     flag_env = {**base_env, "XLA_FLAGS": f"{base_env.get('XLA_FLAGS', '')} {args.xla_flags}".strip()}
     common = ["--model", model, "--batch", str(args.batch), "--dtype", dtype, "--input", chw]
     me = [sys.executable, str(HERE / "bench.py"), "--worker", *common, "--matmul-n", str(args.matmul_n)]
@@ -591,11 +590,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.variants) - set(ALL_VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {ALL_VARIANTS}")
-    from jresnet.host_allocator import ENV_CHOICE, preload_environment
+    from jresnet.host_allocator import malloc_choice, preload_environment
 
     try:  # the malloc the JAX workers will run on, checked before any worker starts
-        if os.environ.get("JRESNET_XLA_FLAGS", "1") != "0":
-            preload_environment(os.environ.get(ENV_CHOICE, "auto"), os.environ)
+        preload_environment(malloc_choice(os.environ), os.environ)
     except ValueError as err:
         parser.error(str(err))
     if args.no_torch:

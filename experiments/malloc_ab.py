@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 
-from jresnet.host_allocator import ENV_CHOICE, preload_environment
+from jresnet.host_allocator import ENV_CHOICE, LIBRARY_NAMES, preload_environment
 
 WORKER = r"""
 import resource, sys
@@ -44,7 +44,7 @@ def environments() -> dict[str, dict[str, str]]:
     """One environment per installed malloc; glibc's first. A preload the caller set is removed."""
     base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", ENV_CHOICE)}
     envs = {"glibc": base}
-    for name in ("tcmalloc", "jemalloc"):
+    for name in LIBRARY_NAMES:
         try:
             env = preload_environment(name, base)
         except ValueError as err:  # not installed

@@ -123,6 +123,14 @@ def preload_environment(choice: str, environ: Mapping[str, str],
                      f"or set {ENV_CHOICE}=auto or system")
 
 
+def malloc_choice(environ: Mapping[str, str]) -> str:
+    """The malloc jresnet's entry points ask for: ``JRESNET_MALLOC`` (default "auto"), or "system" when
+    ``JRESNET_XLA_FLAGS=0`` opts out of all of jresnet's CPU tuning (the value is then not checked)."""
+    if environ.get("JRESNET_XLA_FLAGS", "1") == "0":
+        return "system"
+    return environ.get(ENV_CHOICE, "auto")
+
+
 def _rebuildable_command_line() -> bool:
     """Whether ``sys.orig_argv`` re-runs this very command: a script, ``-m`` or ``-c`` run, not a REPL,
     stdin, or a ``sys.argv`` that the process changed (a test, a notebook)."""
@@ -144,9 +152,9 @@ def reexec_with_preferred_allocator() -> None:
         ValueError: from `preload_environment`, for a bad or unavailable ``JRESNET_MALLOC``.
         OSError: the interpreter could not be executed again.
     """
-    if os.environ.get("JRESNET_XLA_FLAGS", "1") == "0" or not sys.executable:  # opted out; embedded Python
+    if not sys.executable:  # embedded Python: nothing to execute
         return
-    env = preload_environment(os.environ.get(ENV_CHOICE, "auto"), os.environ)
+    env = preload_environment(malloc_choice(os.environ), os.environ)
     if env is not None and _rebuildable_command_line():
         sys.stdout.flush()
         sys.stderr.flush()

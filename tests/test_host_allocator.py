@@ -176,3 +176,9 @@ def test_a_command_line_that_is_not_this_process_is_never_re_executed(monkeypatc
     monkeypatch.setattr(host_allocator.sys, "orig_argv", ["python", "-X", "dev", "/venv/bin/jresnet", "train"])
     host_allocator.reexec_with_preferred_allocator()
     assert calls == [[host_allocator.sys.executable, "-X", "dev", "/venv/bin/jresnet", "train"]]
+
+
+def test_malloc_choice_reads_jresnet_malloc_unless_cpu_tuning_is_off() -> None:
+    assert host_allocator.malloc_choice({}) == "auto"
+    assert host_allocator.malloc_choice({"JRESNET_MALLOC": "tcmalloc"}) == "tcmalloc"
+    assert host_allocator.malloc_choice({"JRESNET_MALLOC": "bogus", "JRESNET_XLA_FLAGS": "0"}) == "system"

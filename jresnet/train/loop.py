@@ -250,8 +250,9 @@ def train(cfg: RunConfig, *, verbose: bool = True) -> TrainResult:
         if verbose:
             print(f"resuming {run_dir} from step {start}")
     # Only now, once the folder's checkpoints are known to fit this config, may its config.yaml change.
+    host_malloc = allocator_in_use()
     write_run_info(run_dir, config_to_dict(cfg), {
-        "devices": [str(d) for d in jax.devices()], "num_devices": dp.num_devices, "host_malloc": allocator_in_use(),
+        "devices": [str(d) for d in jax.devices()], "num_devices": dp.num_devices, "host_malloc": host_malloc,
         "seed": t.seed,
         "train_examples": len(data.train), "val_examples": len(data.val), "test_examples": len(data.test)})
     truncate_after(run_dir, start)
@@ -272,7 +273,7 @@ def train(cfg: RunConfig, *, verbose: bool = True) -> TrainResult:
     if verbose:
         print(f"{cfg.name}: {cfg.model.name} on {cfg.data.name} ({len(data.train)} train / {len(data.val)} val / "
               f"{len(data.test)} test), {total} steps of {t.batch_size} on {dp.num_devices} "
-              f"{jax.devices()[0].platform} device(s), host malloc {allocator_in_use()}; train step compiled in "
+              f"{jax.devices()[0].platform} device(s), host malloc {host_malloc}; train step compiled in "
               f"{compile_seconds:.1f} s")
 
     log = MetricsLog(run_dir)
